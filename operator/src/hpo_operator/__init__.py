@@ -1,0 +1,1 @@
+"""Kopf operator that runs HpoStudy resources as MySQL-backed Optuna studies."""

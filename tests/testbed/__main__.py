@@ -1,0 +1,29 @@
+"""Command line of the testbed: `python -m tests.testbed {up,down,status,build,supervise}`."""
+
+from __future__ import annotations
+
+import sys
+
+from tests.testbed import build, cluster, layout, supervisor
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "status"
+    if command == "up":
+        cluster.up()
+    elif command == "down":
+        cluster.down()
+    elif command == "status":
+        return cluster.status()
+    elif command == "build":
+        build.link_into(build.build_all(), layout.BIN)
+    elif command == "supervise":
+        return supervisor.run(layout.BIN)
+    else:
+        print(f"unknown command {command!r}: use up, down, status or build", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,198 @@
+"""`make testbed-up`, `testbed-down` and `testbed-status`: the testbed's life cycle.
+
+`up` is idempotent: a running testbed is only checked; a dead one is cleaned away and started
+fresh. It returns once the API server is ready, the node is Ready and the `default`
+ServiceAccount exists, and leaves `.testbed/env` for users and tests to source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kubernetes import client, config
+
+from tests.testbed import build, layout, pki, supervisor
+
+ENV_FILE = layout.TESTBED / "env"
+KUBECONFIG = layout.TESTBED / "kubeconfig"
+HOSTPATH_PV_ROOT = Path("/tmp/hostpath_pv")  # where the controller-manager's provisioner puts PVs
+
+
+def is_alive(pid: int) -> bool:
+    """True for a running process; a zombie (never reaped by this machine's PID 1) is dead."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    state = next(line for line in status.splitlines() if line.startswith("State:"))
+    return state.split()[1] not in ("Z", "X")
+
+
+def _state() -> dict[str, object]:
+    try:
+        return dict(json.loads(supervisor.STATE.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _supervisor_pid() -> int | None:
+    pid = _state().get("pid")
+    return pid if isinstance(pid, int) and is_alive(pid) else None
+
+
+def _wait(check: object, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise SystemExit(f"testbed-up: {what} did not happen within {timeout:.0f}s; "
+                             f"see the logs in {layout.LOGS}")
+        time.sleep(0.25)
+
+
+def _write_env() -> None:
+    password = (layout.TESTBED / "mariadb" / "admin-password").read_text().strip()
+    ENV_FILE.write_text(
+        "# Source me: the testbed's kubeconfig, kubectl and helm, and the MariaDB admin connection.\n"
+        f"export KUBECONFIG={KUBECONFIG}\n"
+        f'export PATH="{layout.BIN}:$PATH"\n'
+        "export HPO_MYSQL_HOST=127.0.0.1\n"
+        f"export HPO_MYSQL_PORT={layout.MYSQL_PORT}\n"
+        f"export HPO_MYSQL_USER={layout.MYSQL_ADMIN_USER}\n"
+        f"export HPO_MYSQL_PASSWORD={password}\n"
+    )
+    ENV_FILE.chmod(0o600)
+
+
+def _start_supervisor() -> None:
+    for stem in ("controller-manager", "scheduler", "node-agent"):
+        pki.kubeconfig(layout.TESTBED / f"{stem}.kubeconfig", stem)
+    pki.kubeconfig(KUBECONFIG, "admin")
+    password_file = layout.TESTBED / "mariadb" / "admin-password"
+    password_file.parent.mkdir(parents=True, exist_ok=True)
+    password_file.write_text(secrets.token_hex(16))
+    password_file.chmod(0o600)
+    with open(layout.LOGS / "supervisor.log", "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.testbed", "supervise"], cwd=layout.ROOT, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+    shown = ""
+    while (phase := _state().get("phase")) != "ready":
+        message = str(_state().get("message", "starting the supervisor"))
+        if phase == "failed":
+            raise SystemExit(f"testbed-up failed: {message}")
+        if message != shown:
+            print(f"  {message}", flush=True)
+            shown = message
+        time.sleep(0.2)
+
+
+def _bootstrap(core: client.CoreV1Api) -> None:
+    subprocess.run(
+        [str(layout.BIN / "kubectl"), "--kubeconfig", str(KUBECONFIG), "apply", "--server-side",
+         "-f", str(Path(__file__).parent / "manifests")],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+
+    def node_ready() -> bool:
+        try:
+            node = core.read_node(layout.NODE_NAME)
+        except client.ApiException:
+            return False
+        return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+
+    def default_service_account() -> bool:
+        return bool(core.list_namespaced_service_account("default", field_selector="metadata.name=default").items)
+
+    print("  waiting for the node to be Ready and the default ServiceAccount", flush=True)
+    _wait(node_ready, f"node {layout.NODE_NAME} Ready", 120)
+    _wait(default_service_account, "the default ServiceAccount", 60)
+
+
+def up() -> None:
+    started = time.monotonic()
+    binaries = build.build_all()
+    if _supervisor_pid() is None and layout.TESTBED.exists():
+        print("cleaning away a stopped testbed", flush=True)
+        down(quiet=True)
+    if _supervisor_pid() is None:
+        print("starting the testbed", flush=True)
+        for folder in (layout.LOGS, layout.POD_LOGS):
+            folder.mkdir(parents=True, exist_ok=True)
+        build.link_into(binaries, layout.BIN)
+        pki.ensure()
+        _start_supervisor()
+    elif _state().get("phase") != "ready":
+        raise SystemExit(f"testbed is {_state().get('phase')}: {_state().get('message')}. "
+                         "Run `make testbed-down` then `make testbed-up`.")
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(KUBECONFIG)))
+    _bootstrap(core)
+    _write_env()
+    print(f"testbed up in {time.monotonic() - started:.0f}s: Kubernetes {layout.KUBERNETES_VERSION}, "
+          f"MariaDB on 127.0.0.1:{layout.MYSQL_PORT}. Use it with: source .testbed/env", flush=True)
+
+
+def _extra_pids() -> list[int]:
+    """Processes other targets started (operator-up, ...) record themselves as .testbed/*.pid."""
+    pids = []
+    for pid_file in layout.TESTBED.glob("*.pid"):
+        try:
+            pids.append(int(pid_file.read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def _terminate(pids: list[int], timeout: float) -> None:
+    for pid in pids:
+        if is_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(is_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        if is_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def down(quiet: bool = False) -> None:
+    """Stop everything the testbed and the other targets started, and remove .testbed/."""
+    if layout.TESTBED.exists():
+        _terminate(_extra_pids(), 30)
+        if (pid := _supervisor_pid()) is not None:
+            _terminate([pid], 120)
+        services = _state().get("services", {})
+        _terminate([pid for pid in services.values() if isinstance(pid, int)] if isinstance(services, dict) else [], 5)
+        shutil.rmtree(layout.TESTBED)
+    shutil.rmtree(HOSTPATH_PV_ROOT, ignore_errors=True)
+    if not quiet:
+        print("testbed down: no testbed process left, .testbed/ removed")
+
+
+def status() -> int:
+    """Print each piece's state; exit non-zero unless everything is up."""
+    state = _state()
+    pid = _supervisor_pid()
+    if pid is None:
+        print("testbed: down (start it with `make testbed-up`)")
+        return 1
+    print(f"supervisor  pid {pid}  {state.get('phase')}: {state.get('message')}")
+    services = state.get("services", {})
+    healthy = state.get("phase") == "ready"
+    for name, service_pid in (services.items() if isinstance(services, dict) else []):
+        alive = is_alive(int(service_pid))
+        healthy &= alive
+        print(f"{name:<24}pid {service_pid:<8}{'running' if alive else 'DEAD'}")
+    if healthy:
+        nodes = subprocess.run([str(layout.BIN / "kubectl"), "--kubeconfig", str(KUBECONFIG), "get", "nodes"],
+                               capture_output=True, text=True)
+        print(nodes.stdout or nodes.stderr, end="")
+    return 0 if healthy else 1

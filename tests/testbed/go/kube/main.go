@@ -1,0 +1,39 @@
+// One binary for the control plane and kubectl of the pinned Kubernetes release, chosen by the
+// name it is run as (the cache holds one symlink per command). Sharing one binary saves three of
+// four multi-GiB links; each component still runs as its own process, as they share globals.
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+	"k8s.io/component-base/cli"
+	"k8s.io/kubectl/pkg/cmd"
+	"k8s.io/kubectl/pkg/cmd/util"
+	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
+	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+)
+
+func main() {
+	commands := map[string]func() *cobra.Command{
+		"kube-apiserver":          apiserver.NewAPIServerCommand,
+		"kube-controller-manager": controllermanager.NewControllerManagerCommand,
+		"kube-scheduler":          func() *cobra.Command { return scheduler.NewSchedulerCommand() },
+	}
+	name := filepath.Base(os.Args[0])
+	if name == "kubectl" {
+		if err := cli.RunNoErrOutput(cmd.NewDefaultKubectlCommand()); err != nil {
+			util.CheckErr(err)
+		}
+		return
+	}
+	newCommand, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "run me as kubectl, kube-apiserver, kube-controller-manager or kube-scheduler, not %q\n", name)
+		os.Exit(2)
+	}
+	os.Exit(cli.Run(newCommand()))
+}

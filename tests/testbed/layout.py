@@ -1,0 +1,52 @@
+"""Where the testbed keeps things: pins read from the Go modules, the build cache, `.testbed/`, ports.
+
+The pinned releases live only in the go.mod files under tests/testbed/go/; everything else reads
+them from there, so bumping a release is one `go get` (or pin_kubernetes.py) and nothing more.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+GO_MODULES = Path(__file__).resolve().parent / "go"
+TESTBED = ROOT / ".testbed"
+PKI = TESTBED / "pki"
+LOGS = TESTBED / "logs"
+POD_LOGS = LOGS / "pods"
+BIN = TESTBED / "bin"
+CACHE = Path(os.environ.get("HPO_CACHE_DIR", Path.home() / ".cache" / "hpo-operator"))
+VENV_BIN = ROOT / ".venv" / "bin"
+
+NODE_NAME = "testbed-node"
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"
+API_PORT = 6443
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+CONTROLLER_MANAGER_PORT = 10257
+SCHEDULER_PORT = 10259
+KUBELET_PORT = 10250
+MYSQL_PORT = int(os.environ.get("HPO_TESTBED_MYSQL_PORT", "3306"))
+MYSQL_ADMIN_USER = "hpo_admin"
+
+
+def required_version(module_dir: str, dependency: str) -> str:
+    """The version of ``dependency`` that tests/testbed/go/<module_dir>/go.mod pins."""
+    gomod = (GO_MODULES / module_dir / "go.mod").read_text()
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(dependency)} (v\S+)", gomod, re.M)
+    if not match:
+        raise LookupError(f"{dependency} is not pinned in tests/testbed/go/{module_dir}/go.mod")
+    return match.group(1)
+
+
+KUBERNETES_VERSION = required_version("kube", "k8s.io/kubernetes")
+ETCD_VERSION = required_version("etcd", "go.etcd.io/etcd/server/v3")
+HELM_VERSION = required_version("helm", "helm.sh/helm/v3")
+
+# What the node agent advertises; override to model a bigger node (e.g. HPO_TESTBED_GPUS=8).
+NODE_CPU = os.environ.get("HPO_TESTBED_CPU", "8")
+NODE_MEMORY = os.environ.get("HPO_TESTBED_MEMORY", "24Gi")
+NODE_GPUS = os.environ.get("HPO_TESTBED_GPUS", "4")
