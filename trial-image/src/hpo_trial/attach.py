@@ -1,0 +1,297 @@
+"""Attaching a trial pod to its study and trial in Optuna's storage, and telling the study the outcome.
+
+Second step of a trial pod's life, after the assignment is parsed: connect to the study's database,
+build the study's sampler and pruner (they are not stored in the database, so every process must
+build identical ones), load the study and attach to the RUNNING trial the operator asked for, by id.
+The last step, telling the outcome, is here too because it shares the storage handling.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+import sqlalchemy.exc
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo_trial.assignment import ComponentSpec, TrialRef
+from hpo_trial.errors import ConfigurationError, StorageUnavailableError
+
+__all__ = [
+    "FAIL_REASON_ATTR",
+    "attach_trial",
+    "build_pruner",
+    "build_sampler",
+    "fail_trial",
+    "is_connection_error",
+    "load_study",
+    "open_storage",
+    "raise_if_connection_error",
+    "storage_error_reason",
+    "tell",
+]
+
+_logger = logging.getLogger(__name__)
+
+FAIL_REASON_ATTR = "fail_reason"
+"""The trial system attribute Optuna itself uses for why a trial failed (shown by optuna-dashboard)."""
+
+POOL_RECYCLE_SECONDS = 280
+"""Below any sane server ``wait_timeout``, so pooled connections are renewed before the server drops them."""
+CONNECT_TIMEOUT_SECONDS = 10
+READ_WRITE_TIMEOUT_SECONDS = 120
+
+# MySQL/MariaDB errors that mean the server cannot be used at all, as opposed to one failed statement.
+_CONNECTION_ERROR_CODES = frozenset(
+    {1040, 1044, 1045, 1049, 1053, 1927, 2002, 2003, 2005, 2006, 2012, 2013, 2026, 2055, 4031}
+)
+
+
+def open_storage(url: str, heartbeat_seconds: int) -> RDBStorage:
+    """Connect to the study's database.
+
+    Args:
+        url: The study's storage URL, used literally (braces are escaped for Optuna's formatting).
+        heartbeat_seconds: The heartbeat interval the storage is configured with.
+
+    Returns:
+        The storage.
+
+    Raises:
+        StorageUnavailableError: The database cannot be reached or refuses the credentials.
+        ConfigurationError: The URL is malformed, its driver is missing or the schema is incompatible.
+    """
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_recycle": POOL_RECYCLE_SECONDS}
+    if url.startswith("mysql+pymysql:"):
+        engine_kwargs["connect_args"] = {
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            "read_timeout": READ_WRITE_TIMEOUT_SECONDS,
+            "write_timeout": READ_WRITE_TIMEOUT_SECONDS,
+        }
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url.replace("{", "{{").replace("}", "}}"),
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_seconds,
+            )
+    except sqlalchemy.exc.ArgumentError:
+        raise ConfigurationError("HPO_STORAGE_URL is not a valid SQLAlchemy database URL") from None
+    except ModuleNotFoundError as error:
+        raise ConfigurationError(f"HPO_STORAGE_URL needs a database driver that is not installed: {error}") from None
+    except Exception as error:
+        if is_connection_error(error):
+            raise StorageUnavailableError(
+                f"cannot reach the study's database: {storage_error_reason(error)}; the trial stays RUNNING "
+                "for the operator to retry"
+            ) from error
+        raise ConfigurationError(f"cannot use the study's database: {storage_error_reason(error)}") from error
+
+
+def build_sampler(spec: ComponentSpec | None) -> optuna.samplers.BaseSampler | None:
+    """Build the study's sampler, or None for Optuna's default, from the assignment.
+
+    Raises:
+        ConfigurationError: The class is not an Optuna sampler, or rejects the keyword arguments.
+    """
+    if spec is None:
+        return None
+    sampler = _build(spec.class_name, spec.kwargs, optuna.samplers, optuna.samplers.BaseSampler)
+    assert isinstance(sampler, optuna.samplers.BaseSampler)
+    return sampler
+
+
+def build_pruner(spec: ComponentSpec | None) -> optuna.pruners.BasePruner:
+    """Build the study's pruner from the assignment; None means no pruning.
+
+    Raises:
+        ConfigurationError: The class is not an Optuna pruner, or rejects the keyword arguments.
+    """
+    if spec is None:
+        return optuna.pruners.NopPruner()
+    pruner = _build(spec.class_name, spec.kwargs, optuna.pruners, optuna.pruners.BasePruner)
+    assert isinstance(pruner, optuna.pruners.BasePruner)
+    return pruner
+
+
+def _build(class_name: str, kwargs: dict[str, Any], module: Any, base: type) -> object:
+    """Instantiate ``module.<class_name>(**kwargs)``.
+
+    A keyword argument written as ``{"class": ..., "kwargs": ...}`` is built the same way from the same
+    module, so wrappers such as ``PatientPruner(wrapped_pruner=...)`` can be expressed in JSON.
+    """
+    kind = module.__name__
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigurationError(f"{class_name!r} is not a class in {kind}; use a name from {kind}.__all__")
+    built = {
+        key: _build(value["class"], value.get("kwargs") or {}, module, base)
+        if isinstance(value, dict) and set(value) <= {"class", "kwargs"} and isinstance(value.get("class"), str)
+        else value
+        for key, value in kwargs.items()
+    }
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return cls(**built)
+    except Exception as error:
+        raise ConfigurationError(f"cannot build {kind}.{class_name}(**{kwargs!r}): {error}") from None
+
+
+def load_study(
+    storage: RDBStorage,
+    study_name: str,
+    sampler: optuna.samplers.BaseSampler | None,
+    pruner: optuna.pruners.BasePruner,
+) -> optuna.Study:
+    """Load the study the trial belongs to.
+
+    Raises:
+        ConfigurationError: The study does not exist in this database.
+        StorageUnavailableError: The database was lost.
+    """
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        raise ConfigurationError(f"study {study_name!r} does not exist in the study's database") from None
+    except Exception as error:
+        raise_if_connection_error(error)
+        raise
+
+
+def attach_trial(storage: RDBStorage, study: optuna.Study, ref: TrialRef) -> FrozenTrial:
+    """Check that the assigned trial is the study's trial of that number, and read it.
+
+    Raises:
+        ConfigurationError: The study has no such trial, or the number and id disagree.
+        StorageUnavailableError: The database was lost.
+    """
+    try:
+        study_id = storage.get_study_id_from_name(study.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, ref.number)
+        if trial_id != ref.id:
+            raise ConfigurationError(
+                f"the assignment names trial number {ref.number} with id {ref.id}, but in study {ref.study!r} "
+                f"trial {ref.number} has id {trial_id}"
+            )
+        return storage.get_trial(trial_id)
+    except KeyError:
+        raise ConfigurationError(f"study {ref.study!r} has no trial number {ref.number}") from None
+    except ConfigurationError:
+        raise
+    except Exception as error:
+        raise_if_connection_error(error)
+        raise
+
+
+def fail_trial(storage: RDBStorage, ref: TrialRef, reason: str) -> None:
+    """Mark the trial FAIL with a reason, when it cannot be run at all (best effort).
+
+    Used for configuration errors found after the storage is open: the trial is identified but its
+    sampler, pruner or objective cannot be built. Failures to do so are logged, not raised: the exit
+    code still tells the operator.
+    """
+    try:
+        study = optuna.load_study(study_name=ref.study, storage=storage, sampler=optuna.samplers.RandomSampler())
+        attach_trial(storage, study, ref)
+        tell(study, storage, ref.id, TrialState.FAIL, None, reason)
+    except Exception as error:  # noqa: BLE001  # the error being reported matters more than this one
+        _logger.warning("could not mark trial %d FAIL: %s", ref.number, storage_error_reason(error))
+
+
+def tell(
+    study: optuna.Study,
+    storage: RDBStorage,
+    trial_id: int,
+    state: TrialState,
+    values: Sequence[float] | None,
+    reason: str | None = None,
+) -> FrozenTrial:
+    """Tell the study how the trial ended and return the trial as stored afterwards.
+
+    Uses ``skip_if_finished=True``: if the operator finished the trial first, the stored state wins
+    and the caller sees it in the returned trial. A sampler that raises after the state is stored
+    (GridSampler on the last grid point) is logged, not fatal.
+
+    Args:
+        study: The study.
+        storage: The study's storage (read directly, past the study's cache).
+        trial_id: The storage's trial id.
+        state: COMPLETE, PRUNED or FAIL.
+        values: The values for COMPLETE, else None.
+        reason: For FAIL, the one-line reason, stored as the system attribute ``fail_reason``.
+
+    Returns:
+        The trial as stored after telling.
+
+    Raises:
+        StorageUnavailableError: The database was lost.
+    """
+    try:
+        stored = storage.get_trial(trial_id)
+        if reason is not None and not stored.state.is_finished():
+            storage.set_trial_system_attr(trial_id, FAIL_REASON_ATTR, reason)
+        study.tell(stored.number, values, state=state, skip_if_finished=True)
+    except Exception as error:
+        raise_if_connection_error(error)
+        _logger.warning("telling the study raised %s: %s", type(error).__name__, storage_error_reason(error))
+    try:
+        return storage.get_trial(trial_id)
+    except Exception as error:
+        raise_if_connection_error(error)
+        raise
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) means the database cannot be used at all.
+
+    Optuna wraps database errors in ``StorageInternalError``; the cause chain is searched.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DisconnectionError, ConnectionError)):
+            return True
+        if isinstance(current, sqlalchemy.exc.TimeoutError):  # the connection pool's
+            return True
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        code = _mysql_error_code(current)
+        if code is not None and code in _CONNECTION_ERROR_CODES:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def storage_error_reason(error: BaseException) -> str:
+    """A one-line description of a database error: the driver's own message, without SQL or URL."""
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.orig is not None:
+            return " ".join(str(arg) for arg in current.orig.args) or type(current.orig).__name__
+        current = current.__cause__ or current.__context__
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def raise_if_connection_error(error: Exception) -> None:
+    """Raise :class:`StorageUnavailableError` from ``error`` if it means the database was lost."""
+    if is_connection_error(error):
+        raise StorageUnavailableError(
+            f"lost the connection to the study's database: {storage_error_reason(error)}; the trial stays "
+            "RUNNING for the operator to retry or fail"
+        ) from error
+
+
+def _mysql_error_code(error: BaseException) -> int | None:
+    """The MySQL error number of a driver error (pymysql puts it first in ``args``)."""
+    orig = error.orig if isinstance(error, sqlalchemy.exc.DBAPIError) else error
+    if type(orig).__module__.startswith("pymysql") and orig is not None and orig.args and isinstance(orig.args[0], int):
+        return orig.args[0]
+    return None
