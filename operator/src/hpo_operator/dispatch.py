@@ -1,0 +1,129 @@
+"""Trial dispatch: the Job that runs one attempt of one trial, and how many may start now.
+
+Pure functions, tested without a cluster. One Job runs one attempt (`backoffLimit: 0`): the
+operator, which sees why a pod ended, decides whether the same Optuna trial runs again — a
+preempted pod is requeued for free, a crashed one uses up a retry — and names each attempt's Job
+deterministically, so a re-run of the operator finds the Job instead of creating a second one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from hpo_operator.models import ATTEMPT_LABEL, STUDY_LABEL, TRIAL_LABEL, HpoStudySpec
+
+PROTOCOL = 1  # the assignment format hpo-trial understands (see hpo_trial.assignment)
+TRIAL_CONTAINER = "trial"
+CHECKPOINT_VOLUME = "hpo-checkpoints"
+HEARTBEAT_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class TrialRef:
+    """What the operator knows of the study a trial belongs to."""
+
+    namespace: str
+    study: str
+    optuna_study: str
+    storage_secret: str
+
+
+def label_value(name: str) -> str:
+    """A label value (<= 63 characters) for a study name, hashed when the name is longer."""
+    if len(name) <= 63:
+        return name
+    return f"{name[:54].rstrip('-.')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def job_name(study: str, number: int, attempt: int) -> str:
+    """`<study>-<trial>-<attempt>`, shortened with a hash to fit the 63 characters of a label."""
+    suffix = f"-{number}-{attempt}"
+    if len(study) + len(suffix) <= 63:
+        return study + suffix
+    digest = hashlib.sha256(study.encode()).hexdigest()[:6]
+    return f"{study[:63 - len(suffix) - 7].rstrip('-.')}-{digest}{suffix}"
+
+
+def labels(study: str, number: int, attempt: int) -> dict[str, str]:
+    return {STUDY_LABEL: label_value(study), TRIAL_LABEL: str(number), ATTEMPT_LABEL: str(attempt),
+            "app.kubernetes.io/managed-by": "hpo-operator"}
+
+
+def assignment(spec: HpoStudySpec, ref: TrialRef, number: int, trial_id: int,
+               sampler: dict[str, Any], pruner: dict[str, Any] | None) -> dict[str, Any]:
+    """What the trial pod's runtime needs to attach to its RUNNING trial (HPO_ASSIGNMENT)."""
+    return {
+        "protocol": PROTOCOL,
+        "study": ref.optuna_study,
+        "trial": {"number": number, "id": trial_id},
+        "sampler": sampler,
+        "pruner": pruner,
+        "checkpoint_root": spec.checkpoints.mount_path if spec.checkpoints.claim_name else None,
+        "objective": spec.trial.objective,
+        "heartbeat_seconds": HEARTBEAT_SECONDS,
+    }
+
+
+def _trial_container(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    containers = pod_spec.setdefault("containers", [])
+    named = [c for c in containers if c.get("name") == TRIAL_CONTAINER]
+    if named:
+        return named[0]
+    if len(containers) == 1:
+        return containers[0]
+    containers.append({"name": TRIAL_CONTAINER})
+    return containers[-1]
+
+
+def build_job(spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, trial_assignment: dict[str, Any],
+              default_image: str) -> dict[str, Any]:
+    """The batch/v1 Job for one attempt of one trial (owner reference added by the caller)."""
+    template = copy.deepcopy(spec.trial.template)
+    metadata = template.setdefault("metadata", {})
+    trial_labels = labels(ref.study, number, attempt)
+    metadata["labels"] = {**metadata.get("labels", {}), **trial_labels}
+    pod_spec = template.setdefault("spec", {})
+    pod_spec["restartPolicy"] = "Never"
+    if spec.budget.trial_timeout_seconds:
+        pod_spec["activeDeadlineSeconds"] = spec.budget.trial_timeout_seconds
+
+    container = _trial_container(pod_spec)
+    container.setdefault("image", default_image)
+    container.setdefault("command", ["hpo-trial"])
+    env = [e for e in container.get("env", []) if not e.get("name", "").startswith("HPO_")]
+    env += [
+        {"name": "HPO_ASSIGNMENT", "value": json.dumps(trial_assignment, separators=(",", ":"))},
+        {"name": "HPO_STORAGE_URL", "valueFrom": {"secretKeyRef": {"name": ref.storage_secret, "key": "url"}}},
+    ]
+    if spec.trial.quick_scan:
+        env.append({"name": "HPO_QUICK_SCAN", "value": "1"})
+    container["env"] = env
+
+    if spec.checkpoints.claim_name:
+        pod_spec.setdefault("volumes", []).append(
+            {"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": spec.checkpoints.claim_name}}
+        )
+        container.setdefault("volumeMounts", []).append(
+            {"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoints.mount_path}
+        )
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job_name(ref.study, number, attempt), "namespace": ref.namespace,
+                     "labels": trial_labels},
+        "spec": {
+            "backoffLimit": 0,  # one attempt per Job: the operator decides about the next one
+            "podReplacementPolicy": "Failed",  # never two live pods for one trial
+            "template": template,
+        },
+    }
+
+
+def free_slots(parallelism: int, occupied: int, created: int, total: int) -> int:
+    """How many new trials may start: never more than M unfinished, never more than N in all."""
+    return max(0, min(parallelism - occupied, total - created))
+

@@ -1,0 +1,103 @@
+"""Every Kopf handler of the operator: thin, each parses, delegates and records.
+
+A daemon per HpoStudy runs reconcile passes (reconcile.py) whenever one of its trial pods or Jobs
+changes — indexes hold those and the pod/Job event handlers wake the daemon — and every few
+seconds regardless, so a missed event only delays a pass. Deleting a study stops its daemon and
+drops its database under policy Delete; Jobs, pods and the Secret go with it by ownership.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from typing import Any
+
+import kopf
+
+from hpo_operator import metrics, validation
+from hpo_operator.dispatch import label_value
+from hpo_operator.models import GROUP, PLURAL, STUDY_LABEL, VERSION
+from hpo_operator.outcomes import JobSummary, PodSummary, summarise, summarise_job
+from hpo_operator.reconcile import StudyLoop, StudyProblem
+from hpo_operator.settings import Settings
+
+SETTINGS = Settings.from_env()
+_wakeups: dict[tuple[str, str], asyncio.Event] = {}
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    metrics.serve(SETTINGS.metrics_port)
+
+
+@kopf.index("pods", labels={STUDY_LABEL: kopf.PRESENT})
+def trial_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, PodSummary]:
+    return {(namespace, labels[STUDY_LABEL]): summarise(dict(body))}
+
+
+@kopf.index("batch", "v1", "jobs", labels={STUDY_LABEL: kopf.PRESENT})
+def trial_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, JobSummary]:
+    return {(namespace, labels[STUDY_LABEL]): summarise_job(dict(body))}
+
+
+@kopf.on.event("pods", labels={STUDY_LABEL: kopf.PRESENT})
+@kopf.on.event("batch", "v1", "jobs", labels={STUDY_LABEL: kopf.PRESENT})
+def wake_study(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    """A trial pod or Job changed: run its study's pass now rather than at the next resync."""
+    if (event := _wakeups.get((namespace, labels[STUDY_LABEL]))) is not None:
+        event.set()
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=30)
+async def run_study(name: str, namespace: str, body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped,
+                    logger: logging.Logger, trial_pods: kopf.Index[Any, PodSummary],
+                    trial_jobs: kopf.Index[Any, JobSummary], **_: Any) -> None:
+    key = (namespace, label_value(name))
+    wake = _wakeups.setdefault(key, asyncio.Event())
+    memo.loop = loop = StudyLoop(namespace, name, SETTINGS, logger=logger)
+    while not stopped:
+        wake.clear()
+        pods, jobs = list(trial_pods.get(key, [])), list(trial_jobs.get(key, []))
+        delay = SETTINGS.resync_seconds
+        try:
+            await asyncio.to_thread(loop.run, copy.deepcopy(dict(body)), pods, jobs)
+        except StudyProblem as problem:
+            metrics.RECONCILE_ERRORS.inc()
+            logger.warning(f"will retry: {problem}")
+        except Exception:
+            metrics.RECONCILE_ERRORS.inc()
+            logger.exception("reconcile pass failed; will retry")
+        await _sleep_until(wake, stopped, delay)
+    _wakeups.pop(key, None)
+
+
+async def _sleep_until(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
+    await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def spec_changed(name: str, namespace: str, **_: Any) -> None:
+    """Parallelism, budget or suspend changed: apply it now."""
+    if (event := _wakeups.get((namespace, label_value(name)))) is not None:
+        event.set()
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def delete_study(name: str, namespace: str, spec: kopf.Spec, memo: kopf.Memo, logger: logging.Logger,
+                 **_: Any) -> None:
+    parsed, _problems = validation.parse(dict(spec))
+    loop: StudyLoop = memo.get("loop") or StudyLoop(namespace, name, SETTINGS)
+    if parsed is None:
+        return  # never provisioned
+    loop.deprovision(parsed)
+    kept = "dropped" if parsed.storage.deletion_policy.value == "Delete" else "kept"
+    logger.info(f"study {namespace}/{name} deleted; its database was {kept}")

@@ -1,0 +1,70 @@
+"""The few Kubernetes API calls the study loop makes, each idempotent.
+
+Handlers run more than once by design (restarts, resumes), so creating what exists or deleting
+what is gone is success, not an error.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from hpo_operator.models import GROUP, PLURAL, VERSION
+
+_api: client.ApiClient | None = None
+
+
+def api() -> client.ApiClient:
+    """One API client per process, in-cluster or from the kubeconfig."""
+    global _api
+    if _api is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        _api = client.ApiClient()
+    return _api
+
+
+def create_owned(manifest: dict[str, Any], owner: dict[str, Any]) -> None:
+    """Create a namespaced object owned by the study (garbage-collected with it); exists is fine."""
+    kopf.adopt(manifest, owner=owner)
+    namespace = manifest["metadata"]["namespace"]
+    try:
+        if manifest["kind"] == "Job":
+            client.BatchV1Api(api()).create_namespaced_job(namespace, manifest)
+        elif manifest["kind"] == "Secret":
+            client.CoreV1Api(api()).create_namespaced_secret(namespace, manifest)
+        else:
+            raise ValueError(f"create_owned does not handle {manifest['kind']}")
+    except ApiException as error:
+        if error.status != 409:
+            raise
+
+
+def delete_job(namespace: str, name: str) -> None:
+    try:
+        client.BatchV1Api(api()).delete_namespaced_job(name, namespace, propagation_policy="Background")
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def read_secret(namespace: str, name: str) -> dict[str, str] | None:
+    try:
+        secret = client.CoreV1Api(api()).read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+
+
+def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+    )

@@ -1,0 +1,247 @@
+"""The HpoStudy API: pydantic models of the spec, the single source of the CRD schema.
+
+`crd.py` renders these models into `crds/hpostudies.hpo.dev.yaml`; `validation.py` checks what a
+schema cannot express (low < high, ...). Field names are camelCase on the wire, snake_case here.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "hpo.dev"
+VERSION = "v1alpha1"
+KIND = "HpoStudy"
+PLURAL = "hpostudies"
+STUDY_LABEL = f"{GROUP}/study"
+TRIAL_LABEL = f"{GROUP}/trial"
+ATTEMPT_LABEL = f"{GROUP}/attempt"
+
+
+class Model(BaseModel):
+    """Base of every spec model: camelCase aliases, unknown fields refused (the schema prunes them)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class Direction(str, Enum):
+    MINIMIZE = "minimize"
+    MAXIMIZE = "maximize"
+
+
+class Objective(Model):
+    """What the trials optimise: one direction, or several for a multi-objective study."""
+
+    directions: list[Direction] = Field(
+        default=[Direction.MINIMIZE], min_length=1, max_length=8,
+        description="One direction per value the objective returns (several make a multi-objective study).",
+    )
+    metrics: list[str] = Field(
+        default=[], max_length=8,
+        description="Names of the objective's values, one per direction (shown in status and the dashboard).",
+    )
+
+
+class ParameterType(str, Enum):
+    FLOAT = "float"
+    INT = "int"
+    CATEGORICAL = "categorical"
+
+
+class Parameter(Model):
+    """One declared parameter; which fields apply depends on ``type``."""
+
+    type: ParameterType
+    low: float | None = Field(default=None, description="Lower bound (float and int).")
+    high: float | None = Field(default=None, description="Upper bound, inclusive (float and int).")
+    step: float | None = Field(default=None, gt=0, description="Discretisation step (float and int).")
+    log: bool = Field(default=False, description="Sample on a log scale (needs low > 0).")
+    choices: list[Any] = Field(
+        default=[], description="Values of a categorical parameter: strings, numbers or booleans.",
+        json_schema_extra={"items": {"x-kubernetes-preserve-unknown-fields": True}},
+    )
+
+
+class SamplerName(str, Enum):
+    TPE = "tpe"
+    RANDOM = "random"
+    CMAES = "cmaes"
+    GP = "gp"
+    NSGA2 = "nsga2"
+    QMC = "qmc"
+    GRID = "grid"
+
+
+class Sampler(Model):
+    name: SamplerName = Field(default=SamplerName.TPE, description="TPE (with constant liar) unless set.")
+    seed: int | None = Field(default=None, description="Seed for reproducible sampling.")
+    options: dict[str, Any] = Field(
+        default={}, description="Keyword arguments of the Optuna sampler, e.g. n_startup_trials for tpe.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class PrunerName(str, Enum):
+    NONE = "none"
+    MEDIAN = "median"
+    PERCENTILE = "percentile"
+    HYPERBAND = "hyperband"
+    SUCCESSIVE_HALVING = "successiveHalving"
+
+
+class Pruner(Model):
+    name: PrunerName = Field(default=PrunerName.NONE, description="Which Optuna pruner stops weak trials early.")
+    options: dict[str, Any] = Field(
+        default={}, description="Keyword arguments of the Optuna pruner, e.g. n_warmup_steps for median.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class Budget(Model):
+    trials: int = Field(ge=1, description="Total number of trials N.")
+    parallelism: int = Field(default=1, ge=1, description="At most this many unfinished trials at once (M).")
+    max_failed_trials: int | None = Field(
+        default=None, ge=0, description="The study fails when more trials than this have failed (unset: no limit)."
+    )
+    retries_per_trial: int = Field(default=1, ge=0, description="Crashed attempts of one trial that are re-run.")
+    trial_timeout_seconds: int | None = Field(default=None, ge=1, description="Time limit of one trial attempt.")
+    deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Wall-clock limit of the whole study, counted from its start."
+    )
+    start_timeout_seconds: int = Field(
+        default=300, ge=10, description="A trial pod that has not started by then (unschedulable, bad image) fails."
+    )
+
+
+class EndPolicy(str, Enum):
+    DRAIN = "Drain"
+    KILL = "Kill"
+
+
+class DeletionPolicy(str, Enum):
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+class SecretRef(Model):
+    name: str = Field(min_length=1)
+
+
+class Storage(Model):
+    """The MySQL server that holds the study; unset fields come from the operator's defaults."""
+
+    host: str | None = Field(default=None, description="MySQL host (default: the operator's).")
+    port: int | None = Field(default=None, ge=1, le=65535)
+    admin_secret: SecretRef | None = Field(
+        default=None, description="Secret with keys username and password of a MySQL admin (default: the operator's)."
+    )
+    deletion_policy: DeletionPolicy = Field(
+        default=DeletionPolicy.RETAIN, description="Retain keeps the study's database when the study is deleted."
+    )
+
+
+class Checkpoints(Model):
+    claim_name: str | None = Field(
+        default=None, description="PVC mounted in every trial pod for checkpoints (unset: no checkpoint volume)."
+    )
+    mount_path: str = Field(default="/checkpoints", description="Where trial pods see the checkpoint volume.")
+    every_trials: int = Field(
+        default=5, ge=1, description="Record a study checkpoint in status every this many finished trials."
+    )
+
+
+class Trial(Model):
+    """How a trial pod runs: the objective and a pod template (defaults: the trial image's workload)."""
+
+    objective: str | None = Field(
+        default=None, description="The objective as module:function (default: the trial image's workload)."
+    )
+    quick_scan: bool = Field(default=False, description="Train the default workload on a small subset.")
+    template: dict[str, Any] = Field(
+        default={}, description="A pod template (metadata, spec) for trial pods; the trial container is 'trial'.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class HpoStudySpec(Model):
+    objective: Objective = Field(default_factory=Objective)
+    search_space: dict[str, Parameter] = Field(
+        default={}, description="Declared parameters by name; the objective may suggest more at run time."
+    )
+    sampler: Sampler = Field(default_factory=Sampler)
+    pruner: Pruner = Field(default_factory=Pruner)
+    budget: Budget
+    end_policy: EndPolicy = Field(
+        default=EndPolicy.DRAIN, description="When the study ends: let running trials finish, or stop them."
+    )
+    warm_start: list[dict[str, Any]] = Field(
+        default=[], description="Parameter sets to run first, in order (trial 0, 1, ...).",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+    trial: Trial = Field(default_factory=Trial)
+    storage: Storage = Field(default_factory=Storage)
+    checkpoints: Checkpoints = Field(default_factory=Checkpoints)
+    suspend: bool = Field(default=False, description="Stop dispatching and stop running trials (checkpoints kept).")
+
+
+class Phase(str, Enum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class TrialCounts(Model):
+    running: int = 0
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+
+
+class BestTrial(Model):
+    number: int
+    value: float | None = None
+    values: list[float] | None = None
+    params: dict[str, Any] = Field(default={}, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+
+
+class RunningTrial(Model):
+    number: int
+    attempt: int = 0
+    checkpoint_path: str | None = None
+    checkpoint_step: int | None = None
+
+
+class StudyCheckpoint(Model):
+    time: str = Field(description="When the study last recorded a checkpoint (RFC 3339).")
+    finished_trials: int = Field(description="Finished trials at that moment.")
+
+
+class Condition(Model):
+    type: str
+    status: str
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class HpoStudyStatus(Model):
+    """What `status.py` writes; printer columns and users read it."""
+
+    phase: Phase = Phase.PENDING
+    message: str = ""
+    progress: str = Field(default="", description="finished/total trials, for kubectl get.")
+    trials: TrialCounts = Field(default_factory=TrialCounts)
+    best_trial: BestTrial | None = None
+    pareto_front: list[BestTrial] = Field(default=[], description="Multi-objective: the best trials, bounded.")
+    running_trials: list[RunningTrial] = []
+    checkpoint: StudyCheckpoint | None = None
+    optuna_study: str | None = Field(default=None, description="The Optuna study name in the study's database.")
+    started_at: str | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] = []

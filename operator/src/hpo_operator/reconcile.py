@@ -1,0 +1,336 @@
+"""One pass over one study: validate, provision, settle ended attempts, dispatch, write status.
+
+The study's daemon (handlers.py) runs a pass whenever one of its trial pods or Jobs changes, and
+every few seconds regardless. A pass reads the state it needs afresh (RUNNING trials and counts
+from the database, the study's live pods and Jobs from the operator's index), so a pass can be
+repeated, or the operator killed between any two steps, without losing or duplicating a trial:
+a RUNNING trial without a Job gets one, a Job whose name exists is found, not made twice.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from hpo_operator import database, dispatch, kube, metrics, search, validation
+from hpo_operator import status as st
+from hpo_operator.models import DeletionPolicy, EndPolicy, HpoStudySpec, Phase
+from hpo_operator.outcomes import JobSummary, Outcome, PodSummary, Verdict, classify
+from hpo_operator.settings import Settings
+from hpo_operator.storage import FinishedTrial, RunningTrial, StudyStore, pareto_front
+
+OUTCOMES_ATTR = "hpo:outcomes"  # per trial: the verdict of each attempt, so retries survive restarts
+
+
+class StudyProblem(Exception):
+    """A pass could not finish (database unreachable, ...); the message says what to do."""
+
+
+@dataclass
+class StudyLoop:
+    """State one study keeps between passes: only caches, all rebuilt from scratch after a restart."""
+
+    namespace: str
+    name: str
+    settings: Settings
+    store: StudyStore | None = None
+    best_number: int | None = None
+    pareto: list[FinishedTrial] | None = None
+    previous_running: set[int] = field(default_factory=set)
+    reported_problems: str = ""
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = logging.getLogger(__name__)
+
+    @property
+    def secret_name(self) -> str:
+        return f"{self.name}-storage"
+
+    # -- provisioning -------------------------------------------------------------------------
+
+    def server(self, spec: HpoStudySpec) -> database.Server:
+        default = self.settings.default_server
+        host, port = spec.storage.host or default.host, spec.storage.port or default.port
+        if spec.storage.admin_secret is None:
+            return database.Server(host, port, default.admin_user, default.admin_password)
+        secret = kube.read_secret(self.namespace, spec.storage.admin_secret.name)
+        if not secret or "username" not in secret or "password" not in secret:
+            raise StudyProblem(f"Secret {spec.storage.admin_secret.name} (spec.storage.adminSecret) needs the "
+                               "keys username and password")
+        return database.Server(host, port, secret["username"], secret["password"])
+
+    def provision(self, body: dict[str, Any], spec: HpoStudySpec) -> StudyStore:
+        """Make the database, its user, the storage Secret and the Optuna study (all idempotent)."""
+        server = self.server(spec)
+        db_name = database.names_for(self.namespace, self.name)
+        existing = kube.read_secret(self.namespace, self.secret_name)
+        password = existing.get("password") if existing else None
+        password = password or database.new_password()
+        url = database.storage_url(server, db_name, password)
+        with metrics.DATABASE_LATENCY.time():
+            database.provision(server, db_name, password)
+        if existing is None:
+            kube.create_owned({
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": self.secret_name, "namespace": self.namespace},
+                "stringData": {"url": url, "password": password, "database": db_name},
+            }, owner=body)
+        StudyStore.create(url, self.name, spec)
+        return StudyStore(url, self.name)
+
+    def deprovision(self, spec: HpoStudySpec) -> None:
+        self.close()
+        if spec.storage.deletion_policy is DeletionPolicy.DELETE:
+            database.drop(self.server(spec), database.names_for(self.namespace, self.name))
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # -- one pass -----------------------------------------------------------------------------
+
+    def run(self, body: dict[str, Any], pods: list[PodSummary], jobs: list[JobSummary]) -> None:
+        """One reconcile pass; raises StudyProblem when it must be retried later."""
+        raw_status = body.get("status") or {}
+        generation = body["metadata"].get("generation")
+        spec, problems = validation.parse(body.get("spec") or {})
+        if spec is None:
+            self.reject(body, problems, generation, raw_status)
+            return
+        if self.store is None:
+            try:
+                self.store = self.provision(body, spec)
+            except database.DatabaseError as error:
+                kube.patch_status(self.namespace, self.name, st.render(st.Facts(
+                    Phase.PENDING, str(error), spec.budget.trials, generation,
+                    conditions=[st.ConditionUpdate(st.VALIDATED, True, st.REASON_VALID),
+                                st.ConditionUpdate(st.DATABASE_READY, False, st.REASON_DATABASE_ERROR, str(error))],
+                ), raw_status.get("conditions", [])))
+                raise StudyProblem(str(error)) from error
+            kopf.info(body, reason="DatabaseReady", message=f"Optuna study ready in database "
+                                                            f"{database.names_for(self.namespace, self.name)}")
+        self.step(body, spec, pods, jobs, generation, raw_status)
+
+    def reject(self, body: dict[str, Any], problems: list[validation.Problem], generation: int | None,
+               raw_status: dict[str, Any]) -> None:
+        message = "; ".join(str(p) for p in problems)
+        if message != self.reported_problems:
+            kopf.warn(body, reason="InvalidSpec", message=message)
+            self.reported_problems = message
+        budget = (body.get("spec") or {}).get("budget")
+        total = budget.get("trials") if isinstance(budget, dict) else None
+        kube.patch_status(self.namespace, self.name, st.render(st.Facts(
+            Phase.FAILED, f"invalid spec: {message}", total if isinstance(total, int) else 0, generation,
+            conditions=[st.ConditionUpdate(st.VALIDATED, False, st.REASON_INVALID, message)],
+        ), raw_status.get("conditions", [])))
+
+    def step(self, body: dict[str, Any], spec: HpoStudySpec, pods: list[PodSummary], jobs: list[JobSummary],
+             generation: int | None, raw_status: dict[str, Any]) -> None:
+        assert self.store is not None
+        store = self.store
+        now = datetime.datetime.now(datetime.timezone.utc)
+        started_at = raw_status.get("startedAt") or st.now()
+        live = {p.trial for p in pods if not p.terminal}
+        running = store.running()
+        counts = store.counts()
+        ended, end_reason = self.ended(spec, counts.failed, started_at, now)
+        stopping = spec.suspend or (ended and spec.end_policy is EndPolicy.KILL)
+
+        latest_jobs = _latest(jobs)
+        latest_pods = _latest_pods(pods)
+        attempts: dict[int, int] = {}
+        for trial in running:
+            outcomes = store.trial_outcomes(trial.trial_id, OUTCOMES_ATTR)
+            job = latest_jobs.get(trial.number)
+            attempts[trial.number] = job.attempt if job else len(outcomes)
+            if stopping:
+                if job is not None:
+                    kube.delete_job(self.namespace, job.name)
+                if ended and trial.number not in live:
+                    store.fail(trial.number, f"stopped: the study ended ({end_reason})")
+                continue
+            self.settle(body, spec, store, trial, job, latest_pods.get(trial.number), outcomes, live, ended, now)
+
+        self.clean_up(jobs, {r.number for r in running}, live)
+        if not (stopping or ended or self.stalled(spec, counts.failed)):
+            self.dispatch(body, spec, store, len({r.number for r in running} | live), counts.created)
+
+        counts = store.counts()
+        running = store.running()
+        phase, message, conditions = self.phase(spec, counts, ended, end_reason, bool(live), bool(running))
+        self.write_status(body, spec, generation, raw_status, phase, message, conditions, started_at,
+                          attempts, running)
+
+    def ended(self, spec: HpoStudySpec, failed: int, started_at: str, now: datetime.datetime) -> tuple[bool, str]:
+        if self.stalled(spec, failed):
+            return True, f"{failed} trials failed, more than spec.budget.maxFailedTrials"
+        if spec.budget.deadline_seconds:
+            started = datetime.datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+            if (now - started).total_seconds() > spec.budget.deadline_seconds:
+                return True, "spec.budget.deadlineSeconds reached"
+        return False, ""
+
+    @staticmethod
+    def stalled(spec: HpoStudySpec, failed: int) -> bool:
+        limit = spec.budget.max_failed_trials
+        return limit is not None and failed > limit
+
+    def settle(self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, trial: RunningTrial,
+               job: JobSummary | None, pod: PodSummary | None, outcomes: list[str], live: set[int],
+               ended: bool, now: datetime.datetime) -> None:
+        """Decide about a RUNNING trial whose latest attempt may have ended."""
+        if job is None:
+            if trial.number not in live:  # asked but never given a Job, or its Job went away: run it
+                self.start_attempt(body, spec, store, trial.number, trial.trial_id, len(outcomes))
+            return
+        verdict = self.verdict(spec, job, pod, now)
+        if verdict.outcome is Outcome.ACTIVE:
+            return
+        if verdict.outcome is Outcome.SUCCEEDED:  # exited 0 yet the trial is still RUNNING
+            verdict = Verdict(Outcome.CRASHED, "the trial pod exited 0 without reporting a result to Optuna")
+        outcomes = store.record_outcome(trial.trial_id, OUTCOMES_ATTR, job.attempt, verdict.outcome.value)
+        crashes = outcomes.count(Outcome.CRASHED.value)
+        if verdict.outcome is Outcome.PREEMPTED and not ended:
+            kube.delete_job(self.namespace, job.name)
+            kopf.info(body, reason="TrialRequeued", message=f"trial {trial.number}: {verdict.reason}; "
+                                                           "running it again from its checkpoint")
+            self.start_attempt(body, spec, store, trial.number, trial.trial_id, job.attempt + 1)
+        elif verdict.outcome is Outcome.CRASHED and crashes <= spec.budget.retries_per_trial and not ended:
+            kopf.warn(body, reason="TrialRetried", message=f"trial {trial.number} attempt {job.attempt}: "
+                                                          f"{verdict.reason}; retry {crashes} of "
+                                                          f"{spec.budget.retries_per_trial}")
+            self.start_attempt(body, spec, store, trial.number, trial.trial_id, job.attempt + 1)
+        else:
+            if verdict.outcome is Outcome.NEVER_STARTED:
+                kube.delete_job(self.namespace, job.name)
+            store.fail(trial.number, verdict.reason)
+            metrics.TRIALS.labels(state="failed").inc()
+            kopf.warn(body, reason="TrialFailed", message=f"trial {trial.number}: {verdict.reason}")
+
+    def verdict(self, spec: HpoStudySpec, job: JobSummary, pod: PodSummary | None,
+                now: datetime.datetime) -> Verdict:
+        if pod is not None and pod.attempt == job.attempt:
+            return classify(pod, now, spec.budget.start_timeout_seconds)
+        if job.failed:
+            return Verdict(Outcome.PREEMPTED, "the trial pod was removed")
+        if (now - job.created).total_seconds() > spec.budget.start_timeout_seconds:
+            return Verdict(Outcome.NEVER_STARTED, f"the Job made no pod within "
+                                                  f"{spec.budget.start_timeout_seconds}s: {job.message or 'see its events'}")
+        return Verdict(Outcome.ACTIVE)
+
+    def start_attempt(self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, number: int,
+                      trial_id: int, attempt: int) -> None:
+        ref = dispatch.TrialRef(self.namespace, self.name, self.name, self.secret_name)
+        assignment = dispatch.assignment(spec, ref, number, trial_id, search.sampler_config(spec),
+                                         search.pruner_config(spec))
+        job = dispatch.build_job(spec, ref, number, attempt, assignment, self.settings.trial_image)
+        kube.create_owned(job, owner=body)
+        self.logger.info(f"trial {number} attempt {attempt}: created Job {job['metadata']['name']}")
+
+    def dispatch(self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, occupied: int,
+                 created: int) -> None:
+        declared = search.distributions(spec)
+        for _ in range(dispatch.free_slots(spec.budget.parallelism, occupied, created, spec.budget.trials)):
+            with metrics.DISPATCH_LATENCY.time():
+                trial = store.ask(spec, declared)
+                self.start_attempt(body, spec, store, trial.number, trial._trial_id, 0)
+            metrics.TRIALS.labels(state="started").inc()
+            kopf.info(body, reason="TrialStarted", message=f"trial {trial.number}: {trial.params}")
+
+    def clean_up(self, jobs: list[JobSummary], running: set[int], live: set[int]) -> None:
+        """Delete Jobs of finished trials once their pods ended; keep the last few failed attempts."""
+        done = [j for j in jobs if j.trial not in running and j.trial not in live]
+        failed = sorted((j for j in done if j.failed), key=lambda j: j.created)
+        keep = {j.name for j in failed[-self.settings.kept_failed_jobs:]} if self.settings.kept_failed_jobs else set()
+        for job in done:
+            if job.name not in keep:
+                kube.delete_job(self.namespace, job.name)
+
+    def phase(self, spec: HpoStudySpec, counts: Any, ended: bool, end_reason: str, live: bool,
+              running: bool) -> tuple[Phase, str, list[st.ConditionUpdate]]:
+        conditions = [st.ConditionUpdate(st.VALIDATED, True, st.REASON_VALID),
+                      st.ConditionUpdate(st.DATABASE_READY, True, st.REASON_PROVISIONED)]
+        busy = live or running
+        if self.stalled(spec, counts.failed):
+            conditions.append(st.ConditionUpdate(st.PROGRESSING, busy, st.REASON_TOO_MANY_FAILURES, end_reason))
+            return Phase.FAILED, end_reason, conditions
+        if spec.suspend:
+            conditions.append(st.ConditionUpdate(st.PROGRESSING, False, st.REASON_SUSPENDED, "spec.suspend is true"))
+            return Phase.SUSPENDED, "suspended" + (": stopping running trials" if live else ""), conditions
+        if busy or (counts.created < spec.budget.trials and not ended):
+            reason = st.REASON_DRAINING if ended else st.REASON_DISPATCHING
+            conditions.append(st.ConditionUpdate(st.PROGRESSING, True, reason, end_reason))
+            return Phase.RUNNING, end_reason or f"{counts.finished} of {spec.budget.trials} trials finished", conditions
+        reason = st.REASON_DEADLINE if ended else st.REASON_BUDGET_SPENT
+        conditions.append(st.ConditionUpdate(st.PROGRESSING, False, reason, end_reason))
+        conditions.append(st.ConditionUpdate(st.FINISHED, True, reason, end_reason))
+        return Phase.SUCCEEDED, end_reason or f"all {spec.budget.trials} trials finished", conditions
+
+    def write_status(self, body: dict[str, Any], spec: HpoStudySpec, generation: int | None,
+                     raw_status: dict[str, Any], phase: Phase, message: str, conditions: list[st.ConditionUpdate],
+                     started_at: str, attempts: dict[int, int], running: list[RunningTrial]) -> None:
+        assert self.store is not None
+        counts = self.store.counts()
+        facts = st.Facts(phase, message, spec.budget.trials, generation, counts=counts, running=running,
+                         attempts=attempts, conditions=conditions, optuna_study=self.name, started_at=started_at)
+        multi = len(spec.objective.directions) > 1
+        if multi:
+            facts.pareto = self.update_pareto(spec, running)
+        else:
+            facts.best = self.store.best()
+            if facts.best is not None and facts.best.number != self.best_number:
+                if self.best_number is not None or raw_status.get("bestTrial") is None:
+                    kopf.info(body, reason="NewBest", message=f"trial {facts.best.number}: value "
+                                                              f"{facts.best.values[0]!r} {facts.best.params}")
+                self.best_number = facts.best.number
+        facts.checkpoint = self.checkpoint(spec, counts.finished, raw_status.get("checkpoint"))
+        if phase is Phase.SUCCEEDED and raw_status.get("phase") != Phase.SUCCEEDED.value:
+            kopf.info(body, reason="StudyFinished", message=message)
+        metrics.STUDY_TRIALS.labels(self.namespace, self.name, "complete").set(counts.complete)
+        metrics.STUDY_TRIALS.labels(self.namespace, self.name, "pruned").set(counts.pruned)
+        metrics.STUDY_TRIALS.labels(self.namespace, self.name, "failed").set(counts.failed)
+        metrics.STUDY_TRIALS.labels(self.namespace, self.name, "running").set(counts.running)
+        self.previous_running = {r.number for r in running}
+        kube.patch_status(self.namespace, self.name, st.render(facts, raw_status.get("conditions", [])))
+
+    def update_pareto(self, spec: HpoStudySpec, running: list[RunningTrial]) -> list[FinishedTrial]:
+        """Keep the Pareto front incrementally: read only the trials that finished since the last pass."""
+        assert self.store is not None
+        minimize = [d.value == "minimize" for d in spec.objective.directions]
+        if self.pareto is None:
+            candidates = self.store.complete_values()
+        else:
+            finished = self.previous_running - {r.number for r in running}
+            candidates = self.pareto + [t for n in finished if (t := self.store.finished_trial(n)) is not None]
+        front = pareto_front(candidates, minimize)
+        self.pareto = [t if t.params else (self.store.finished_trial(t.number) or t) for t in front]
+        return sorted(self.pareto, key=lambda t: t.number)
+
+    @staticmethod
+    def checkpoint(spec: HpoStudySpec, finished: int, previous: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Record a study checkpoint every `spec.checkpoints.everyTrials` finished trials."""
+        every = spec.checkpoints.every_trials
+        recorded = int((previous or {}).get("finishedTrials", 0))
+        if finished // every > recorded // every:
+            return {"time": st.now(), "finishedTrials": finished - finished % every}
+        return previous
+
+
+def _latest(jobs: list[JobSummary]) -> dict[int, JobSummary]:
+    latest: dict[int, JobSummary] = {}
+    for job in jobs:
+        if job.trial not in latest or job.attempt > latest[job.trial].attempt:
+            latest[job.trial] = job
+    return latest
+
+
+def _latest_pods(pods: list[PodSummary]) -> dict[int, PodSummary]:
+    latest: dict[int, PodSummary] = {}
+    for pod in pods:
+        current = latest.get(pod.trial)
+        if current is None or (pod.attempt, pod.created) > (current.attempt, current.created):
+            latest[pod.trial] = pod
+    return latest

@@ -1,0 +1,198 @@
+"""The operator's handle on one study's Optuna storage.
+
+Optuna's own counting reads every trial (and its in-process cache keeps every finished trial it
+has read), so everything the operator does per event — counts, running trials, the best trial —
+is a small SQL query on Optuna's schema (unchanged since Optuna 3.2) whose cost does not grow with
+finished trials. Only the sampler's `ask` reads the history, as it must.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.distributions import BaseDistribution
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from hpo_operator import search
+from hpo_operator.models import HpoStudySpec
+
+CHECKPOINT_PATH_ATTR = "checkpoint_path"
+CHECKPOINT_STEP_ATTR = "checkpoint_step"
+
+
+@dataclass(frozen=True)
+class Counts:
+    running: int = 0
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    waiting: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+    @property
+    def created(self) -> int:
+        """Trials that exist beyond the queue: the ones counted against the budget."""
+        return self.running + self.finished
+
+
+@dataclass(frozen=True)
+class RunningTrial:
+    trial_id: int
+    number: int
+    checkpoint_path: str | None = None
+    checkpoint_step: int | None = None
+
+
+@dataclass(frozen=True)
+class FinishedTrial:
+    number: int
+    values: tuple[float, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def open_storage(url: str) -> RDBStorage:
+    # Recycle connections well below MySQL's wait_timeout; pre-ping survives server restarts.
+    return RDBStorage(url, engine_kwargs={"pool_pre_ping": True, "pool_recycle": 900, "pool_size": 2,
+                                          "max_overflow": 4}, skip_table_creation=False)
+
+
+class StudyStore:
+    """One study's trials, read cheaply and written through Optuna."""
+
+    def __init__(self, url: str, study_name: str) -> None:
+        self.storage = open_storage(url)
+        self.study_name = study_name
+        self.study_id = self.storage.get_study_id_from_name(study_name)
+        self._study: optuna.Study | None = None
+
+    @staticmethod
+    def create(url: str, study_name: str, spec: HpoStudySpec) -> None:
+        """Create the Optuna study (idempotent) and queue the warm-start parameter sets once."""
+        storage = open_storage(url)
+        try:
+            study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
+                                        directions=[d.value for d in spec.objective.directions])
+            if spec.objective.metrics and study.metric_names is None:
+                study.set_metric_names(spec.objective.metrics)
+            if spec.warm_start and not study.system_attrs.get("hpo:warm_start_enqueued"):
+                for params in spec.warm_start:
+                    study.enqueue_trial(params, skip_if_exists=True)
+                storage.set_study_system_attr(study._study_id, "hpo:warm_start_enqueued", True)
+        finally:
+            storage.engine.dispose()
+
+    def study(self, spec: HpoStudySpec) -> optuna.Study:
+        """The optuna.Study used to ask; its sampler and pruner are rebuilt from the spec."""
+        if self._study is None:
+            self._study = optuna.load_study(study_name=self.study_name, storage=self.storage,
+                                            sampler=search.sampler(spec), pruner=search.pruner(spec))
+        return self._study
+
+    def close(self) -> None:
+        self._study = None
+        self.storage.engine.dispose()
+
+    def _query(self, sql: str, **params: Any) -> list[sqlalchemy.Row[Any]]:
+        with self.storage.engine.connect() as connection:
+            return list(connection.execute(sqlalchemy.text(sql), {"study_id": self.study_id, **params}))
+
+    def counts(self) -> Counts:
+        rows = self._query("SELECT state, COUNT(*) FROM trials WHERE study_id = :study_id GROUP BY state")
+        by_state = {str(state): int(n) for state, n in rows}
+        return Counts(running=by_state.get("RUNNING", 0), complete=by_state.get("COMPLETE", 0),
+                      pruned=by_state.get("PRUNED", 0), failed=by_state.get("FAIL", 0),
+                      waiting=by_state.get("WAITING", 0))
+
+    def running(self) -> list[RunningTrial]:
+        """RUNNING trials with the checkpoint each last reported (at most M rows)."""
+        rows = self._query(
+            "SELECT t.trial_id, t.number, a.key, a.value_json FROM trials t "
+            "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key IN (:path, :step) "
+            "WHERE t.study_id = :study_id AND t.state = 'RUNNING' ORDER BY t.number",
+            path=CHECKPOINT_PATH_ATTR, step=CHECKPOINT_STEP_ATTR,
+        )
+        trials: dict[int, dict[str, Any]] = {}
+        for trial_id, number, key, value in rows:
+            entry = trials.setdefault(number, {"trial_id": trial_id, "number": number})
+            if key is not None:
+                entry[key] = json.loads(value)
+        return [RunningTrial(trial_id=e["trial_id"], number=e["number"],
+                             checkpoint_path=e.get(CHECKPOINT_PATH_ATTR), checkpoint_step=e.get(CHECKPOINT_STEP_ATTR))
+                for e in trials.values()]
+
+    def state_of(self, number: int) -> TrialState | None:
+        rows = self._query("SELECT state FROM trials WHERE study_id = :study_id AND number = :number", number=number)
+        return TrialState[str(rows[0][0])] if rows else None
+
+    def best(self) -> FinishedTrial | None:
+        """The best COMPLETE trial of a single-objective study (one indexed query and one trial read)."""
+        try:
+            trial = self.storage.get_best_trial(self.study_id)
+        except ValueError:  # no complete trial yet
+            return None
+        return FinishedTrial(trial.number, tuple(trial.values or ()), dict(trial.params))
+
+    def finished_trial(self, number: int) -> FinishedTrial | None:
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        trial = self.storage.get_trial(trial_id)
+        if trial.state is not TrialState.COMPLETE or not trial.values:
+            return None
+        return FinishedTrial(trial.number, tuple(trial.values), dict(trial.params))
+
+    def complete_values(self) -> list[FinishedTrial]:
+        """Every COMPLETE trial's values (multi-objective start-up only: the Pareto front is then kept)."""
+        rows = self._query(
+            "SELECT t.number, v.objective, v.value FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id "
+            "WHERE t.study_id = :study_id AND t.state = 'COMPLETE' ORDER BY t.number, v.objective"
+        )
+        values: dict[int, list[float]] = {}
+        for number, _objective, value in rows:
+            values.setdefault(number, []).append(float(value))
+        return [FinishedTrial(number, tuple(v)) for number, v in values.items()]
+
+    def ask(self, spec: HpoStudySpec, declared: dict[str, BaseDistribution]) -> optuna.Trial:
+        """A new RUNNING trial: the next queued (warm-start) one first, else sampled by the sampler."""
+        return self.study(spec).ask(declared)
+
+    def trial_outcomes(self, trial_id: int, key: str) -> list[str]:
+        rows = self._query("SELECT value_json FROM trial_system_attributes WHERE trial_id = :trial_id AND key = :key",
+                           trial_id=trial_id, key=key)
+        return list(json.loads(rows[0][0])) if rows else []
+
+    def record_outcome(self, trial_id: int, key: str, attempt: int, outcome: str) -> list[str]:
+        """Record attempt `attempt`'s outcome (idempotent: a repeated pass rewrites the same slot)."""
+        outcomes = self.trial_outcomes(trial_id, key)
+        outcomes += [""] * (attempt + 1 - len(outcomes))
+        outcomes[attempt] = outcome
+        self.storage.set_trial_system_attr(trial_id, key, outcomes)
+        return outcomes
+
+    def fail(self, number: int, reason: str) -> None:
+        """Mark a trial FAIL with its reason, unless its pod already told a result."""
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        self.storage.set_trial_user_attr(trial_id, "failure_reason", reason[:1000])
+        try:
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except RuntimeError:
+            pass  # already finished: the pod's own result stands
+
+
+def is_better(values: tuple[float, ...], than: tuple[float, ...], minimize: list[bool]) -> bool:
+    """Pareto dominance: at least as good in every objective and better in one."""
+    pairs = list(zip(values, than, minimize, strict=True))
+    as_good = all((a <= b) if lower else (a >= b) for a, b, lower in pairs)
+    return as_good and any((a < b) if lower else (a > b) for a, b, lower in pairs)
+
+
+def pareto_front(trials: list[FinishedTrial], minimize: list[bool]) -> list[FinishedTrial]:
+    finite = [t for t in trials if all(math.isfinite(v) for v in t.values)]
+    return [t for t in finite if not any(is_better(o.values, t.values, minimize) for o in finite)]
