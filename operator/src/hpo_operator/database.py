@@ -45,8 +45,9 @@ def names_for(namespace: str, name: str) -> str:
 
 
 def storage_url(server: Server, database: str, password: str) -> str:
-    """The study user's SQLAlchemy URL. Optuna passes it through str.format, hence the brace escape."""
-    secret = quote(password, safe="").replace("{", "{{").replace("}", "}}")
+    """The study user's SQLAlchemy URL; the password is percent-encoded (Optuna passes the URL through
+    str.format, so it must not contain raw braces)."""
+    secret = quote(password, safe="")
     return f"mysql+pymysql://{database}:{secret}@{server.host}:{server.port}/{database}?charset=utf8mb4"
 
 

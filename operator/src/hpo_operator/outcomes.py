@@ -81,7 +81,7 @@ def summarise(pod: dict[str, Any]) -> PodSummary:
         phase=status.get("phase", "Pending"),
         created=parse_time(metadata.get("creationTimestamp")),
         deleting=bool(metadata.get("deletionTimestamp")),
-        started=bool(state.get("running") or terminated),
+        started="running" in state or bool(terminated),
         exit_code=terminated.get("exitCode"),
         reason=status.get("reason") or terminated.get("reason", ""),
         message=(terminated.get("message") or status.get("message") or "").strip(),
@@ -103,14 +103,16 @@ def classify(pod: PodSummary, now: datetime.datetime, start_timeout: float) -> V
 
 
 def _failed(pod: PodSummary) -> Verdict:
-    if pod.disrupted or pod.reason in PREEMPTION_REASONS:
-        return Verdict(Outcome.PREEMPTED, pod.reason or "disrupted")
+    if pod.disrupted:
+        return Verdict(Outcome.PREEMPTED, "disrupted (evicted, preempted or its node was lost)")
+    if pod.reason in PREEMPTION_REASONS:
+        return Verdict(Outcome.PREEMPTED, pod.reason)
     if pod.reason == "DeadlineExceeded":
         return Verdict(Outcome.CRASHED, "exceeded spec.budget.trialTimeoutSeconds")
-    if pod.exit_code in INTERRUPTED_EXIT_CODES:
-        return Verdict(Outcome.PREEMPTED, "stopped from outside (deleted or preempted)")
     if pod.reason == "OOMKilled":
         return Verdict(Outcome.CRASHED, "OOMKilled: raise the trial container's memory limit")
+    if pod.exit_code in INTERRUPTED_EXIT_CODES:
+        return Verdict(Outcome.PREEMPTED, "stopped from outside (deleted or preempted)")
     if not pod.started:
         return Verdict(Outcome.CRASHED, pod.message or pod.reason or "the trial container could not start")
     detail = pod.message or f"exit code {pod.exit_code}"
