@@ -62,3 +62,15 @@ lock: venv ## Re-pin the requirement files from the pyproject files
 	@$(VENV)/bin/uv pip compile -q --python-version 3.11 --python-platform x86_64-manylinux_2_28 trial-image/pyproject.toml -o trial-image/requirements.txt
 	@$(VENV)/bin/uv pip compile -q --python-version 3.11 operator/pyproject.toml -c trial-image/requirements.txt -o operator/requirements.txt
 	@$(VENV)/bin/uv pip compile -q --python-version 3.11 tests/requirements.in -c trial-image/requirements.txt -c operator/requirements.txt -o tests/requirements.txt
+
+.PHONY: crds
+crds: venv ## Regenerate crds/ from the operator's pydantic models
+	@$(PY) -m hpo_operator.crd > crds/hpostudies.hpo.dev.yaml
+
+.PHONY: operator-up
+operator-up: testbed-up ## Start the operator against the testbed (idempotent; log in .testbed/logs/operator.log)
+	@$(PY) -m tests.testbed operator-up
+
+.PHONY: operator-down
+operator-down: ## Stop the operator started by operator-up
+	@$(PY) -m tests.testbed operator-down

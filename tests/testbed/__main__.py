@@ -1,10 +1,10 @@
-"""Command line of the testbed: `python -m tests.testbed {up,down,status,build,supervise}`."""
+"""Command line of the testbed: `python -m tests.testbed {up,down,status,build,operator-up,operator-down}`."""
 
 from __future__ import annotations
 
 import sys
 
-from tests.testbed import build, cluster, layout, supervisor
+from tests.testbed import build, cluster, layout, operator, supervisor
 
 
 def main(argv: list[str]) -> int:
@@ -17,10 +17,14 @@ def main(argv: list[str]) -> int:
         return cluster.status()
     elif command == "build":
         build.link_into(build.build_all(), layout.BIN)
+    elif command == "operator-up":
+        operator.up()
+    elif command == "operator-down":
+        operator.down()
     elif command == "supervise":
         return supervisor.run(layout.BIN)
     else:
-        print(f"unknown command {command!r}: use up, down, status or build", file=sys.stderr)
+        print(f"unknown command {command!r}: use up, down, status, build, operator-up or operator-down", file=sys.stderr)
         return 2
     return 0
 

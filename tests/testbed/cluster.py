@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from kubernetes import client, config
@@ -48,9 +49,9 @@ def _supervisor_pid() -> int | None:
     return pid if isinstance(pid, int) and is_alive(pid) else None
 
 
-def _wait(check: object, what: str, timeout: float) -> None:
+def _wait(check: Callable[[], object], what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+    while not check():
         if time.monotonic() > deadline:
             raise SystemExit(f"testbed-up: {what} did not happen within {timeout:.0f}s; "
                              f"see the logs in {layout.LOGS}")
@@ -138,6 +139,37 @@ def up() -> None:
     _write_env()
     print(f"testbed up in {time.monotonic() - started:.0f}s: Kubernetes {layout.KUBERNETES_VERSION}, "
           f"MariaDB on 127.0.0.1:{layout.MYSQL_PORT}. Use it with: source .testbed/env", flush=True)
+
+
+def start_extra(name: str, argv: list[str], env: dict[str, str], ready: Callable[[], bool],
+                timeout: float = 120) -> int:
+    """Have the supervisor run ``argv`` as `name` (idempotent: a live one is kept, a dead one replaced)."""
+    pid = _supervisor_pid()
+    if pid is None or _state().get("phase") != "ready":
+        raise SystemExit(f"{name}: the testbed is not running; start it with `make testbed-up`")
+    supervisor.EXTRAS.mkdir(exist_ok=True)
+    spec = supervisor.EXTRAS / f"{name}.json"
+    spec.write_text(json.dumps({"argv": argv, "env": env}))
+    spec.chmod(0o600)  # the environment may hold credentials
+    os.kill(pid, signal.SIGHUP)
+    pid_file = layout.TESTBED / f"{name}.pid"
+
+    def up_and_ready() -> bool:
+        try:
+            return is_alive(int(pid_file.read_text())) and ready()
+        except (OSError, ValueError):
+            return False
+
+    _wait(up_and_ready, f"{name} ready (see .testbed/logs/{name}.log)", timeout)
+    return int(pid_file.read_text())
+
+
+def stop_extra(name: str) -> None:
+    pid_file = layout.TESTBED / f"{name}.pid"
+    (supervisor.EXTRAS / f"{name}.json").unlink(missing_ok=True)
+    if (pid := _supervisor_pid()) is not None:
+        os.kill(pid, signal.SIGHUP)
+        _wait(lambda: not pid_file.exists(), f"{name} to stop", 60)
 
 
 def _extra_pids() -> list[int]:

@@ -5,6 +5,10 @@ supervisor starts each service in order, waits until it is ready, and then waits
 it is a child subreaper, so a pod process orphaned by a crashed node agent is reaped here too. On
 SIGTERM it stops the services in reverse order and exits. Its state file tells `up` and `status`
 how far it got and, on failure, which log to read.
+
+Other targets (`operator-up`) add processes the same way: they drop a spec in `.testbed/services/`
+and send SIGHUP; the supervisor starts what is missing or dead and stops what lost its spec, and
+writes each one's pid to `.testbed/<name>.pid`.
 """
 
 from __future__ import annotations
@@ -21,12 +25,17 @@ from tests.testbed import layout
 from tests.testbed.services import Service, services
 
 STATE = layout.TESTBED / "supervisor.json"
+EXTRAS = layout.TESTBED / "services"
 PR_SET_CHILD_SUBREAPER = 36
 READY_TIMEOUT = 180.0
 
 
 class Stop(Exception):
     """Raised from the SIGTERM handler to unwind whatever the supervisor is doing."""
+
+
+class Reload(Exception):
+    """Raised from the SIGHUP handler while the supervisor waits: look at .testbed/services/ again."""
 
 
 def _raise_stop(signum: int, _frame: object) -> None:
@@ -37,22 +46,31 @@ class Supervisor:
     def __init__(self, bin_dir: Path) -> None:
         self.services = services(bin_dir)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.extras: dict[str, subprocess.Popen[bytes]] = {}
         self.state: dict[str, object] = {"pid": os.getpid(), "phase": "starting", "services": {}}
+        self.waiting = False
+        self.reload_pending = False
+
+    def on_sighup(self, _signum: int, _frame: object) -> None:
+        if self.waiting:
+            raise Reload
+        self.reload_pending = True
 
     def write_state(self, **changes: object) -> None:
         self.state.update(changes)
-        self.state["services"] = {name: process.pid for name, process in self.processes.items()}
+        self.state["services"] = {name: process.pid for name, process in {**self.processes, **self.extras}.items()}
         STATE.with_suffix(".tmp").write_text(json.dumps(self.state))
         STATE.with_suffix(".tmp").replace(STATE)
 
+    @staticmethod
+    def spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with open(layout.LOGS / f"{name}.log", "ab") as log:
+            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=layout.ROOT, env=env)
+
     def start(self, service: Service) -> None:
         service.prepare()
-        log = open(layout.LOGS / f"{service.name}.log", "ab")  # noqa: SIM115 - the child keeps it
-        self.processes[service.name] = subprocess.Popen(
-            service.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=layout.ROOT, env={**os.environ, **service.env},
-        )
-        log.close()
+        self.processes[service.name] = self.spawn(service.name, service.argv, {**os.environ, **service.env})
         self.write_state(message=f"waiting for {service.name}")
         deadline = time.monotonic() + READY_TIMEOUT
         while not service.ready():
@@ -64,30 +82,61 @@ class Supervisor:
         service.after_ready()
 
     def watch(self) -> None:
-        """Reap children until told to stop; note any service that dies."""
+        """Reap children until told to stop; note any service that dies; add or drop extras on SIGHUP."""
         while True:
-            pid, status = os.wait()
-            for name, process in self.processes.items():
+            if self.reload_pending:
+                self.reload_pending = False
+                self.sync_extras()
+            self.waiting = True
+            try:
+                pid, status = os.wait()
+            except Reload:
+                self.reload_pending = True
+                continue
+            finally:
+                self.waiting = False
+            for name, process in {**self.processes, **self.extras}.items():
                 if process.pid == pid and process.returncode is None:
                     process.returncode = os.waitstatus_to_exitcode(status)
-                    self.write_state(phase="degraded",
-                                     message=f"{name} exited with code {process.returncode}; "
-                                             f"see .testbed/logs/{name}.log")
+                    if name in self.processes:
+                        self.write_state(phase="degraded", message=f"{name} exited with code "
+                                                                   f"{process.returncode}; see .testbed/logs/{name}.log")
+
+    def sync_extras(self) -> None:
+        """Start each extra in .testbed/services/ that is not running; stop those whose spec is gone."""
+        specs = {path.stem: json.loads(path.read_text()) for path in EXTRAS.glob("*.json")}
+        for name, process in list(self.extras.items()):
+            if name not in specs:
+                _stop_process(process, 30)
+                del self.extras[name]
+                (layout.TESTBED / f"{name}.pid").unlink(missing_ok=True)
+        for name, spec in specs.items():
+            if name not in self.extras or self.extras[name].returncode is not None:
+                self.extras[name] = self.spawn(name, spec["argv"], spec["env"])
+                (layout.TESTBED / f"{name}.pid").write_text(f"{self.extras[name].pid}\n")
+        self.write_state()
 
     def stop(self) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        for process in self.extras.values():
+            _stop_process(process, 30)
         for service in reversed(self.services):
-            process = self.processes.get(service.name)
-            if process is None or process.returncode is not None:
-                continue
-            process.terminate()
-            try:
-                process.wait(service.stop_timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            if (process := self.processes.get(service.name)) is not None:
+                _stop_process(process, service.stop_timeout)
         _kill_adopted_orphans()
         self.write_state(phase="stopped", message="stopped")
+
+
+def _stop_process(process: subprocess.Popen[bytes], timeout: float) -> None:
+    if process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _kill_adopted_orphans() -> None:
@@ -115,6 +164,7 @@ def run(bin_dir: Path) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     supervisor = Supervisor(bin_dir)
+    signal.signal(signal.SIGHUP, supervisor.on_sighup)
     try:
         for service in supervisor.services:
             supervisor.start(service)
