@@ -47,7 +47,7 @@ READ_WRITE_TIMEOUT_SECONDS = 120
 
 # MySQL/MariaDB errors that mean the server cannot be used at all, as opposed to one failed statement.
 _CONNECTION_ERROR_CODES = frozenset(
-    {1040, 1044, 1045, 1049, 1053, 1927, 2002, 2003, 2005, 2006, 2012, 2013, 2026, 2055, 4031}
+    {1040, 1044, 1045, 1049, 1053, 1698, 1927, 2002, 2003, 2005, 2006, 2012, 2013, 2026, 2055, 4031}
 )
 
 

@@ -6,8 +6,9 @@ checkpoint volume and carries on from that step instead of starting over.
 
 Each checkpoint is one file, ``step-<k>.ckpt``, written to a temporary name, flushed, fsynced and
 renamed into place, so a crash mid-write leaves at most a stray temporary file, never a partial
-checkpoint under a final name. The file starts with a magic string and the SHA-256 of its payload;
-a file that fails the check (a torn write on a storage that broke its promises, a bad disk, a
+checkpoint under a final name. The file starts with a magic string, a format byte (``T``: written by
+``torch.save``, used when the objective has imported torch; ``P``: pickle) and the SHA-256 of the
+format byte and payload; a file that fails the check (a torn write on a storage that broke its promises, a bad disk, a
 hand-edited file) is skipped with a warning and the previous checkpoint is loaded instead, which is
 why the newest two are kept.
 """
@@ -18,7 +19,9 @@ import hashlib
 import io
 import logging
 import os
+import pickle
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,7 +36,8 @@ USER_ATTR = "checkpoint"
 """The trial user attribute holding ``{"path": <latest checkpoint file>, "step": <its step>}``."""
 
 _MAGIC = b"HPOCKPT1"
-_DIGEST_SIZE = hashlib.sha256().digest_size
+_TORCH, _PICKLE = b"T", b"P"
+_HEADER_SIZE = len(_MAGIC) + 1 + hashlib.sha256().digest_size
 _FILE = re.compile(r"^step-(\d+)\.ckpt$")
 _TEMP_MARKER = ".ckpt.tmp"
 
@@ -96,9 +100,9 @@ class Checkpoint:
     def save(self, step: int, state: Any) -> Path:
         """Save ``state`` as the checkpoint of ``step``, atomically.
 
-        ``state`` is anything ``torch.save`` accepts (tensors, state dicts, numbers, numpy arrays,
-        plain Python objects). Logs ``checkpoint saved at step <step>`` once the file is in place and
-        records it on the trial.
+        ``state`` is anything picklable; when the objective uses torch (it has imported it) the state
+        is written with ``torch.save``, so tensors and state dicts are stored the torch way. Logs
+        ``checkpoint saved at step <step>`` once the file is in place and records it on the trial.
 
         Args:
             step: The step the state belongs to (for example, the number of epochs done); the run
@@ -108,19 +112,15 @@ class Checkpoint:
         Returns:
             The checkpoint file's path.
         """
-        import torch  # noqa: PLC0415  # imported on use: objectives without torch load faster
-
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative integer, got {step!r}")
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        payload = buffer.getvalue()
+        kind, payload = _serialize(state)
         self._directory.mkdir(parents=True, exist_ok=True)
         path = self._directory / f"step-{step:010d}.ckpt"
         fd, temp = tempfile.mkstemp(dir=self._directory, prefix=f".{path.name}", suffix=_TEMP_MARKER)
         try:
             with os.fdopen(fd, "wb") as file:
-                file.write(_MAGIC + hashlib.sha256(payload).digest() + payload)
+                file.write(_MAGIC + kind + hashlib.sha256(kind + payload).digest() + payload)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temp, path)
@@ -141,17 +141,15 @@ class Checkpoint:
         Files that fail the integrity check or cannot be unpickled are skipped with a warning.
         Tensors come back on the CPU (``model.load_state_dict`` and ``optimizer.load_state_dict``
         move them to the parameters' device). Logs ``resumed from step <k>`` when it finds one.
+        Checkpoints are unpickled: keep the checkpoint volume to the study's own pods.
 
         Returns:
             ``(step, state)`` of the newest good checkpoint, or None when there is none.
         """
-        import torch  # noqa: PLC0415
-
         self._remove_stale_temporaries()
         for path in _checkpoint_files(self._directory):
             try:
-                payload = _verified_payload(path.read_bytes())
-                state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+                state = _deserialize(path.read_bytes())
             except Exception as error:  # noqa: BLE001  # any unreadable file is skipped, whatever broke
                 _logger.warning("checkpoint %s is not loaded, it is damaged: %s", path, error)
                 continue
@@ -161,10 +159,6 @@ class Checkpoint:
             _logger.info("resumed from step %d", step)
             return step, state
         return None
-
-    def latest_step(self) -> int | None:
-        """The step of the newest checkpoint file, by name, without reading it."""
-        return latest_step(self._directory)
 
     def _remove_stale_temporaries(self) -> None:
         if self._directory.is_dir():
@@ -235,14 +229,32 @@ def _step_of(path: Path) -> int:
     return int(match.group(1))
 
 
-def _verified_payload(data: bytes) -> bytes:
-    header = len(_MAGIC) + _DIGEST_SIZE
-    if len(data) < header or not data.startswith(_MAGIC):
+def _serialize(state: Any) -> tuple[bytes, bytes]:
+    """The format byte and payload: torch's format if the objective uses torch, else plain pickle."""
+    if "torch" in sys.modules:
+        import torch  # noqa: PLC0415  # already imported by the objective: free
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return _TORCH, buffer.getvalue()
+    return _PICKLE, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _deserialize(data: bytes) -> Any:
+    """Check a checkpoint file's header and checksum, then unpickle it; raises ValueError if damaged."""
+    if len(data) < _HEADER_SIZE or not data.startswith(_MAGIC):
         raise ValueError("not a checkpoint file (bad header or truncated)")
-    digest, payload = data[len(_MAGIC) : header], data[header:]
-    if hashlib.sha256(payload).digest() != digest:
+    kind = data[len(_MAGIC) : len(_MAGIC) + 1]
+    digest, payload = data[len(_MAGIC) + 1 : _HEADER_SIZE], data[_HEADER_SIZE:]
+    if hashlib.sha256(kind + payload).digest() != digest:
         raise ValueError("checksum mismatch (partial or corrupted write)")
-    return payload
+    if kind == _TORCH:
+        import torch  # noqa: PLC0415  # imported on use: objectives without torch start faster
+
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    if kind == _PICKLE:
+        return pickle.loads(payload)
+    raise ValueError(f"unknown checkpoint format {kind!r}")
 
 
 def _fsync_directory(directory: Path) -> None:

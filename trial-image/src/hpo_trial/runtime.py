@@ -64,7 +64,7 @@ def run(settings: Settings, guard: SignalGuard) -> Outcome:
         How the trial ended; the caller reports it.
     """
     if not settings.storage_url:
-        return Outcome.from_error(ConfigurationError("HPO_STORAGE_URL is not set; the operator passes it from a Secret"))
+        return Outcome.from_error(ConfigurationError("HPO_STORAGE_URL is not set; the operator sets it from a Secret"))
     if not settings.assignment:
         return Outcome.from_error(ConfigurationError("HPO_ASSIGNMENT is not set; the operator passes the trial in it"))
     try:

@@ -1,0 +1,212 @@
+"""The trial runtime end to end: operator-style ask, then ``hpo-trial`` as a real process on MariaDB.
+
+Each test checks what the operator and the user see: the trial's state and values in the database,
+the exit code, the termination message and the pod's log lines.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from tests.trial_runtime.conftest import Database, OperatorSide, RunTrial
+from tests.trial_runtime.objectives import PRUNED_CURVE
+
+pytestmark = pytest.mark.integration
+
+DECLARED = {
+    "x": FloatDistribution(-10.0, 10.0),
+    "n": IntDistribution(1, 100),
+    "kind": CategoricalDistribution(["a", "b", "c"]),
+}
+
+
+def test_objective_sees_the_assigned_parameters_and_its_value_lands_in_the_database(
+    operator: OperatorSide, start_trial: RunTrial, tmp_path: Path
+) -> None:
+    study = operator.create_study()
+    trial = operator.ask(study, DECLARED)
+    record = tmp_path / "seen.json"
+
+    run = start_trial(operator.assignment(study, trial), "--objective", "objectives:record_params",
+                      env={"TEST_RECORD": str(record)})
+
+    assert run.wait() == 0, run.output
+    seen = json.loads(record.read_text())
+    assert {name: seen[name] for name in DECLARED} == trial.params
+    stored = operator.frozen(study, trial.number)
+    assert stored.state == TrialState.COMPLETE
+    assert stored.value == pytest.approx(seen["x"] * seen["n"] + seen["extra"])
+    assert stored.params["extra"] == seen["extra"], "the define-by-run parameter is stored too"
+    assert run.message == f"COMPLETE value={stored.value!r}"
+
+
+def test_pruned_trial_ends_pruned_with_its_intermediate_values_stored(
+    operator: OperatorSide, start_trial: RunTrial
+) -> None:
+    study = operator.create_study()
+    trial = operator.ask(study)
+    pruner = {"class": "ThresholdPruner", "kwargs": {"upper": 1.0}}
+
+    run = start_trial(operator.assignment(study, trial, pruner=pruner, objective="objectives:report_a_curve"))
+
+    assert run.wait() == 0, run.output
+    stored = operator.frozen(study, trial.number)
+    assert stored.state == TrialState.PRUNED
+    assert stored.intermediate_values == dict(enumerate(PRUNED_CURVE[:4]))
+    assert run.message == "PRUNED step=3"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_trial_stopped_mid_training_resumes_from_its_last_checkpoint(
+    operator: OperatorSide, database: Database, start_trial: RunTrial, tmp_path: Path, stop: signal.Signals
+) -> None:
+    study = operator.create_study()
+    trial = operator.ask(study)
+    assignment = operator.assignment(
+        study, trial, objective="objectives:count_with_checkpoints", checkpoint_root=str(tmp_path / "checkpoints")
+    )
+
+    first = start_trial(assignment, env={"TEST_HOLD_AT_STEP": "2"})
+    first.wait_for_line("checkpoint saved at step 2")
+    first.signal(stop)
+    code = first.wait()
+
+    stored = operator.frozen(study, trial.number)
+    assert stored.state == TrialState.RUNNING, "a stopped pod leaves its trial for the operator to run again"
+    assert stored.user_attrs["checkpoint"]["step"] == 2
+    with database.admin() as connection, connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT COUNT(*) FROM `{database.name}`.trial_heartbeats WHERE trial_id = %s",
+            (operator.trial_id(study, trial.number),),
+        )
+        assert cursor.fetchone() == (1,), "the pod recorded heartbeats, so the operator can tell it is gone"
+    if stop == signal.SIGTERM:
+        assert code == 143, first.output
+        assert first.message.startswith("INTERRUPTED step=2 "), first.message
+        assert "resumed" in first.message
+
+    second = start_trial(assignment)
+
+    assert second.wait() == 0, second.output
+    assert "resumed from step 2" in second.lines
+    assert [line for line in second.lines if line.startswith("ran step")] == ["ran step 3", "ran step 4", "ran step 5"]
+    stored = operator.frozen(study, trial.number)
+    assert stored.state == TrialState.COMPLETE
+    assert stored.value == 15.0, "the state carried over from the first run"
+    assert stored.user_attrs["checkpoint"]["step"] == 5
+
+
+@pytest.mark.parametrize(
+    ("objective", "expected"),
+    [
+        ("no_such_module:objective", "no module named 'no_such_module'"),
+        ("objectives:no_such_function", "module 'objectives' has no attribute 'no_such_function'"),
+        ("objectives:NOT_CALLABLE", "'objectives:NOT_CALLABLE' is a int, not a function"),
+        ("objectives", "is not of the form module:function"),
+    ],
+)
+def test_a_bad_objective_path_fails_the_trial_with_a_message_naming_it(
+    operator: OperatorSide, start_trial: RunTrial, objective: str, expected: str
+) -> None:
+    study = operator.create_study()
+    trial = operator.ask(study)
+
+    run = start_trial(operator.assignment(study, trial), "--objective", objective)
+
+    assert run.wait() == 2, run.output
+    assert run.message.startswith("FAIL "), run.message
+    assert expected in run.message and objective in run.message
+    stored = operator.frozen(study, trial.number)
+    assert stored.state == TrialState.FAIL
+    assert stored.system_attrs["fail_reason"] == run.message.removeprefix("FAIL ")
+
+
+def test_an_exception_in_user_code_fails_the_trial_with_a_one_line_reason(
+    operator: OperatorSide, start_trial: RunTrial
+) -> None:
+    study = operator.create_study()
+    trial = operator.ask(study)
+
+    run = start_trial(operator.assignment(study, trial, objective="objectives:raise_error"))
+
+    assert run.wait() == 1, run.output
+    assert run.message.startswith(
+        "FAIL objective objectives:raise_error raised ValueError: the training data is empty (at objectives.py:"
+    ), run.message
+    assert "\n" not in run.message and "second line" not in run.message
+    assert "Traceback" in run.output, "the full traceback goes to the pod's log"
+    assert operator.frozen(study, trial.number).state == TrialState.FAIL
+
+
+def test_a_nan_value_fails_the_trial(operator: OperatorSide, start_trial: RunTrial) -> None:
+    study = operator.create_study()
+    trial = operator.ask(study)
+
+    run = start_trial(operator.assignment(study, trial), "--objective", "objectives:return_nan")
+
+    assert run.wait() == 1, run.output
+    assert run.message.startswith("FAIL objective objectives:return_nan: the objective returned nan"), run.message
+    assert operator.frozen(study, trial.number).state == TrialState.FAIL
+
+
+def test_an_assignment_of_another_protocol_fails_the_trial_naming_both_versions(
+    operator: OperatorSide, start_trial: RunTrial
+) -> None:
+    study = operator.create_study()
+    trial = operator.ask(study)
+
+    run = start_trial(operator.assignment(study, trial, protocol=2, sampler={"name": "tpe"}))
+
+    assert run.wait() == 2, run.output
+    assert "the assignment uses protocol 2 but this trial runtime speaks protocol 1" in run.message
+    assert operator.frozen(study, trial.number).state == TrialState.FAIL
+
+
+def test_an_unreachable_database_exits_3_without_showing_the_password(
+    operator: OperatorSide, database: Database, start_trial: RunTrial
+) -> None:
+    study = operator.create_study()
+    trial = operator.ask(study)
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    url = database.url.replace(f":{database.port}/", f":{closed_port}/")
+
+    run = start_trial(operator.assignment(study, trial), env={"HPO_STORAGE_URL": url})
+
+    assert run.wait() == 3, run.output
+    assert run.message.startswith("FAIL cannot reach the study's database: 2003"), run.message
+    assert database.password not in run.output + run.message
+    assert operator.frozen(study, trial.number).state == TrialState.RUNNING, "left for the operator to reconcile"
+
+
+def test_losing_the_database_mid_trial_exits_3_with_a_clear_message(
+    operator: OperatorSide, database: Database, start_trial: RunTrial, tmp_path: Path
+) -> None:
+    study = operator.create_study()
+    trial = operator.ask(study)
+    release = tmp_path / "release"
+    run = start_trial(
+        operator.assignment(study, trial, objective="objectives:report_until_released"),
+        env={"TEST_RELEASE": str(release)},
+    )
+    run.wait_for_line("waiting for release")
+
+    with database.admin() as connection, connection.cursor() as cursor:  # the study's database goes away
+        cursor.execute("DROP USER %s@'%%'", (database.user,))
+        cursor.execute("SELECT id FROM information_schema.processlist WHERE user = %s", (database.user,))
+        for (connection_id,) in cursor.fetchall():
+            cursor.execute(f"KILL CONNECTION {int(connection_id)}")
+    release.touch()
+
+    assert run.wait() == 3, run.output
+    assert run.message.startswith("FAIL lost the connection to the study's database: "), run.message
+    assert "Access denied" in run.message and "RUNNING" in run.message
+    assert database.password not in run.output + run.message

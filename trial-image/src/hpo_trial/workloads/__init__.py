@@ -1,0 +1,1 @@
+"""Ready-made objectives a study can run without shipping code; ``digits`` is the default workload."""
