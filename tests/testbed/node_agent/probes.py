@@ -88,22 +88,22 @@ def run_action(action: Json, container: Json, host_ip: str, timeout_s: float, ex
 class Prober(threading.Thread):
     """Runs one probe for one container run until the run ends (or, for startup, until it passes)."""
 
-    def __init__(self, kind: str, probe: Json, started: float, check: CheckFn, on_change: ChangeFn,
+    def __init__(self, kind: str, probe: Json, began: float, check: CheckFn, on_change: ChangeFn,
                  stop: threading.Event, gate: threading.Event | None) -> None:
         super().__init__(name=f"probe-{kind}", daemon=True)
         self.kind = kind
         self._probe = probe
-        self._started = started
+        self._began = began
         self._check = check
         self._on_change = on_change
         self._stop_event = stop
         self._gate = gate
         self._state: bool | None = {STARTUP: None, LIVENESS: True, READINESS: False}[kind]
         self._last: bool | None = None
-        self._run = 0
+        self._streak = 0
 
     def run(self) -> None:
-        delay = self._started + float(self._probe.get("initialDelaySeconds", 0)) - time.monotonic()
+        delay = self._began + float(self._probe.get("initialDelaySeconds", 0)) - time.monotonic()
         if delay > 0 and self._stop_event.wait(delay):
             return
         while self._gate is not None and not self._gate.wait(0.2):
@@ -119,10 +119,10 @@ class Prober(threading.Thread):
     def _record(self, ok: bool, message: str) -> bool:
         """Count a result as the kubelet does (a run of equal results reaching its threshold sets the
         state); report a change of state; True when this prober's work is over."""
-        self._run = self._run + 1 if ok == self._last else 1
+        self._streak = self._streak + 1 if ok == self._last else 1
         self._last = ok
         threshold = int(self._probe.get("successThreshold" if ok else "failureThreshold") or (1 if ok else 3))
-        if self._run >= threshold and ok != self._state:
+        if self._streak >= threshold and ok != self._state:
             self._state = ok
             self._on_change(self.kind, ok, message)
         if self.kind == STARTUP:
