@@ -172,8 +172,8 @@ def checkpoint(trial: _TrialLike, *, root: str | os.PathLike[str] | None = None,
     Args:
         trial: The ``optuna.Trial`` the objective was given.
         root: The checkpoint volume; by default ``HPO_CHECKPOINT_ROOT``, which the runtime sets from
-            the assignment's ``checkpoint_root``. Without either, checkpoints go to a directory under
-            the system's temporary directory (with a warning), which does not outlive the pod.
+            the assignment's ``checkpoint_root``. Without either, checkpoints go to a new temporary
+            directory (with a warning): saving works, resuming does not.
         keep: How many of the newest checkpoints to keep.
 
     Returns:
@@ -182,10 +182,10 @@ def checkpoint(trial: _TrialLike, *, root: str | os.PathLike[str] | None = None,
     if root is None:
         root = os.environ.get(CHECKPOINT_ROOT_ENV) or None
     if root is None:
-        root = Path(tempfile.gettempdir()) / "hpo-checkpoints"
+        root = tempfile.mkdtemp(prefix="hpo-checkpoints-")
         _logger.warning(
             "no checkpoint root is configured (the study's checkpoint volume, or %s); checkpoints go to %s "
-            "and do not survive the pod",
+            "and this trial cannot resume from them",
             CHECKPOINT_ROOT_ENV,
             root,
         )

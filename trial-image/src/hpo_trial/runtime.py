@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import traceback
+import warnings
 from dataclasses import dataclass
 
 import optuna
@@ -127,6 +128,10 @@ def _run_assigned(storage: RDBStorage, assignment: Assignment, settings: Setting
         os.environ[CHECKPOINT_ROOT_ENV] = assignment.checkpoint_root
     if settings.quick_scan:
         os.environ[QUICK_SCAN_ENV] = "1"
+
+    # The operator declares parameters with its own ranges; the objective's suggest_* calls name the
+    # same parameters with the objective's defaults. Optuna warns about every such pair; here it is by design.
+    warnings.filterwarnings("ignore", message="Inconsistent parameter values for distribution", category=RuntimeWarning)
 
     state, values, reason = TrialState.FAIL, None, None
     with Heartbeat(storage, ref.id, assignment.heartbeat_seconds):

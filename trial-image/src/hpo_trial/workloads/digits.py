@@ -11,7 +11,7 @@ before augmentation so no validation digit leaks into training; each training im
 to two pixels each way with a little deterministic noise (25 copies, about 36,000 samples) and each
 validation image by up to one pixel (9 copies, about 3,200), which makes one epoch take about 1 to 4
 seconds on a 2-core CPU. ``HPO_QUICK_SCAN=1`` (``hpo-trial --quick-scan``) trains on a fixed subset of
-2,048 samples instead, for fast scans and smoke tests. The data is held as tensors on the device and
+8,192 samples instead, for fast scans and smoke tests. The data is held as tensors on the device and
 batches are slices of a per-epoch permutation. On a GPU it trains with mixed precision (bfloat16
 where supported, float16 with loss scaling otherwise).
 
@@ -52,7 +52,7 @@ __all__ = ["Data", "build_model", "load_data", "objective"]
 _logger = logging.getLogger(__name__)
 
 QUICK_SCAN_ENV = "HPO_QUICK_SCAN"
-QUICK_SCAN_SAMPLES = 2048
+QUICK_SCAN_SAMPLES = 8192
 PATIENCE = 3
 """Epochs without a better validation loss before training stops early."""
 MIN_IMPROVEMENT = 1e-4
