@@ -141,12 +141,18 @@ def up() -> None:
           f"MariaDB on 127.0.0.1:{layout.MYSQL_PORT}. Use it with: source .testbed/env", flush=True)
 
 
+def require_running(what: str) -> int:
+    """The supervisor's pid; exits with the command to run when the testbed is not up."""
+    pid = _supervisor_pid()
+    if pid is None or _state().get("phase") != "ready":
+        raise SystemExit(f"{what}: the testbed is not running; start it with `make testbed-up`")
+    return pid
+
+
 def start_extra(name: str, argv: list[str], env: dict[str, str], ready: Callable[[], bool],
                 timeout: float = 120) -> int:
     """Have the supervisor run ``argv`` as `name` (idempotent: a live one is kept, a dead one replaced)."""
-    pid = _supervisor_pid()
-    if pid is None or _state().get("phase") != "ready":
-        raise SystemExit(f"{name}: the testbed is not running; start it with `make testbed-up`")
+    pid = require_running(name)
     supervisor.EXTRAS.mkdir(exist_ok=True)
     spec = supervisor.EXTRAS / f"{name}.json"
     spec.write_text(json.dumps({"argv": argv, "env": env}))

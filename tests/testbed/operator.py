@@ -44,6 +44,7 @@ def environment() -> dict[str, str]:
 
 
 def up() -> None:
+    cluster.require_running("operator-up")
     subprocess.run([str(layout.BIN / "kubectl"), "--kubeconfig", str(cluster.KUBECONFIG), "apply",
                     "--server-side", "-f", str(CRDS)], check=True, stdout=subprocess.DEVNULL)
     argv = [str(layout.VENV_BIN / "hpo-operator"), f"--liveness=http://127.0.0.1:{LIVENESS_PORT}/healthz"]

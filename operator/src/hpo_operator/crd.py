@@ -79,7 +79,8 @@ def render() -> dict[str, Any]:
     status = openapi_schema(models.HpoStudyStatus)
     rules = [
         {
-            "rule": f"{_NEVER_STARTED} || self.spec.{field} == oldSelf.spec.{field}",
+            "rule": f"{_NEVER_STARTED} || (has(self.spec.{field}) ? has(oldSelf.spec.{field}) && "
+                    f"self.spec.{field} == oldSelf.spec.{field} : !has(oldSelf.spec.{field}))",
             "message": f"spec.{field} cannot change once the study has started; create a new HpoStudy instead",
         }
         for field in IMMUTABLE_ONCE_STARTED

@@ -164,7 +164,7 @@ class StudyStore:
         return self.study(spec).ask(declared)
 
     def trial_outcomes(self, trial_id: int, key: str) -> list[str]:
-        rows = self._query("SELECT value_json FROM trial_system_attributes WHERE trial_id = :trial_id AND key = :key",
+        rows = self._query("SELECT value_json FROM trial_system_attributes WHERE trial_id = :trial_id AND `key` = :key",
                            trial_id=trial_id, key=key)
         return list(json.loads(rows[0][0])) if rows else []
 

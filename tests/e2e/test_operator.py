@@ -1,0 +1,194 @@
+"""The operator end to end: HpoStudy in, trial pods through the node agent, results in status.
+
+Each test runs in its own namespace against the real testbed and the operator from `make operator-up`.
+Trials run the small objectives in objectives.py (a ConfigMap mounted into the trial pods).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import optuna
+import pymysql
+import pytest
+from kubernetes import client
+
+from hpo_operator import database
+from tests.conftest import ROOT
+from tests.e2e.conftest import Studies
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def spec(template: dict[str, Any], trials: int = 6, parallelism: int = 2, objective: str = "objectives:quadratic",
+         **extra: Any) -> dict[str, Any]:
+    return {
+        "searchSpace": {"x": {"type": "float", "low": -5, "high": 5}, "y": {"type": "int", "low": 0, "high": 3}},
+        "budget": {"trials": trials, "parallelism": parallelism},
+        "trial": {"objective": objective, "template": template},
+        **extra,
+    }
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return {"complete": states.count(optuna.trial.TrialState.COMPLETE),
+            "pruned": states.count(optuna.trial.TrialState.PRUNED),
+            "failed": states.count(optuna.trial.TrialState.FAIL),
+            "running": states.count(optuna.trial.TrialState.RUNNING)}
+
+
+def test_a_study_completes_within_parallelism_and_its_status_matches_optuna(
+    studies: Studies, objectives: dict[str, Any], live_pods: Any, kube: client.ApiClient
+) -> None:
+    pods = live_pods("full")
+    studies.create("full", spec(objectives, trials=6, parallelism=2))
+    done = studies.wait_phase("full", "Succeeded")
+    pods.stop()
+
+    study = studies.optuna_study("full")
+    assert len(study.trials) == 6
+    assert done["status"]["trials"] == counts(study)
+    assert done["status"]["bestTrial"]["number"] == study.best_trial.number
+    assert done["status"]["bestTrial"]["value"] == study.best_value
+    assert done["status"]["bestTrial"]["params"] == study.best_params
+    assert done["status"]["progress"] == "6/6"
+    assert 1 <= pods.most <= 2, f"{pods.most} trial pods were alive at once with parallelism 2"
+    assert len(pods.seen) == 6
+    reasons = {e.reason for e in studies.events("full")}
+    assert {"TrialStarted", "NewBest", "StudyFinished"} <= reasons
+    jobs = client.BatchV1Api(kube).list_namespaced_job(studies.namespace).items
+    assert jobs == [], "finished trials' Jobs are cleaned up"
+
+
+def test_an_invalid_study_is_rejected_with_the_field_and_fixed_by_an_edit(
+    studies: Studies, objectives: dict[str, Any]
+) -> None:
+    bad = spec(objectives, trials=2, parallelism=1)
+    bad["searchSpace"]["x"] = {"type": "float", "low": 3, "high": -3}
+    studies.create("bad", bad)
+    failed = studies.wait_phase("bad", "Failed", 60)
+    validated = {c["type"]: c for c in failed["status"]["conditions"]}["Validated"]
+    assert validated["status"] == "False"
+    assert "spec.searchSpace.x.low: low (3) must be less than high (-3)" in validated["message"]
+    warning = wait_for(lambda: [e for e in studies.events("bad") if e.reason == "InvalidSpec"], 30, "the Event")
+    assert warning[0].type == "Warning" and "spec.searchSpace.x.low" in warning[0].message
+
+    studies.patch("bad", {"searchSpace": {"x": {"type": "float", "low": -3, "high": 3}}})
+    studies.wait_phase("bad", "Succeeded")
+
+
+def test_warm_start_runs_first_and_multi_objective_reports_a_pareto_front(
+    studies: Studies, objectives: dict[str, Any]
+) -> None:
+    studies.create("multi", {
+        "objective": {"directions": ["minimize", "minimize"], "metrics": ["a", "b"]},
+        "searchSpace": {"x": {"type": "float", "low": 0, "high": 1}},
+        "warmStart": [{"x": 0.25}],
+        "budget": {"trials": 5, "parallelism": 2},
+        "trial": {"objective": "objectives:two_objectives", "template": objectives},
+    })
+    done = studies.wait_phase("multi", "Succeeded")
+    study = studies.optuna_study("multi")
+    assert study.trials[0].params == {"x": 0.25}
+    front = done["status"]["paretoFront"]
+    assert sorted(t["number"] for t in front) == sorted(t.number for t in study.best_trials)
+    assert "bestTrial" not in done["status"]
+
+
+def test_suspend_stops_trials_and_resume_finishes_without_losing_or_duplicating(
+    studies: Studies, objectives: dict[str, Any], kube: client.ApiClient
+) -> None:
+    template = {**objectives}
+    template["spec"]["containers"][0]["env"].append({"name": "HPO_TEST_SLEEP", "value": "6"})
+    studies.create("pause", spec(template, trials=4, parallelism=2))
+    studies.wait("pause", lambda s: (s.get("status") or {}).get("trials", {}).get("running", 0) == 2, 120,
+                 "run two trials")
+    studies.patch("pause", {"suspend": True})
+    studies.wait_phase("pause", "Suspended", 120)
+    core = client.CoreV1Api(kube)
+    wait_for(lambda: not [p for p in core.list_namespaced_pod(studies.namespace).items
+                          if p.status.phase not in ("Succeeded", "Failed")], 60, "trial pods to stop")
+    studies.patch("pause", {"suspend": False})
+    studies.wait_phase("pause", "Succeeded", 240)
+    study = studies.optuna_study("pause")
+    assert len(study.trials) == 4 and counts(study)["complete"] == 4
+
+
+def test_deleting_a_running_trial_pod_resumes_it_from_its_checkpoint(
+    studies: Studies, objectives: dict[str, Any], kube: client.ApiClient, testbed_env: dict[str, str]
+) -> None:
+    claim = client.V1PersistentVolumeClaim(
+        metadata=client.V1ObjectMeta(name="ckpt"),
+        spec=client.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteOnce"],
+                                                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"})))
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_persistent_volume_claim(studies.namespace, claim)
+    studies.create("resume", spec(objectives, trials=1, parallelism=1, objective="objectives:slow_with_checkpoints",
+                                  checkpoints={"claimName": "ckpt"}))
+    log_dir = ROOT / ".testbed" / "logs" / "pods"
+
+    def first_pod_checkpointed() -> str | None:
+        for pod in core.list_namespaced_pod(studies.namespace, label_selector="hpo.dev/trial=0").items:
+            log = log_dir / f"{studies.namespace}_{pod.metadata.name}.log"
+            if log.exists() and "checkpoint saved at step 3" in log.read_text():
+                return str(pod.metadata.name)
+        return None
+
+    victim = wait_for(first_pod_checkpointed, 120, "the trial to save its step-3 checkpoint")
+    core.delete_namespaced_pod(victim, studies.namespace)
+    done = studies.wait_phase("resume", "Succeeded", 180)
+    assert done["status"]["trials"] == {"running": 0, "complete": 1, "pruned": 0, "failed": 0}
+    logs = {p.name: p.read_text() for p in log_dir.glob(f"{studies.namespace}_resume-0-*.log")}
+    assert set(logs) == {f"{studies.namespace}_resume-0-0.log", f"{studies.namespace}_resume-0-1.log"}
+    resumed = logs[f"{studies.namespace}_resume-0-1.log"]
+    assert "resumed from step" in resumed and "checkpoint saved at step 0" not in resumed
+    assert any(e.reason == "TrialRequeued" for e in studies.events("resume"))
+
+
+def test_operator_killed_mid_study_still_ends_with_exactly_n_trials(
+    studies: Studies, objectives: dict[str, Any], live_pods: Any, operator: int
+) -> None:
+    pods = live_pods("crash")
+    template = {**objectives}
+    template["spec"]["containers"][0]["env"].append({"name": "HPO_TEST_SLEEP", "value": "2"})
+    studies.create("crash", spec(template, trials=8, parallelism=3))
+    studies.wait("crash", lambda s: (s.get("status") or {}).get("trials", {}).get("complete", 0) >= 2, 120,
+                 "finish two trials")
+    pid = int((ROOT / ".testbed" / "operator.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    subprocess.run([sys.executable, "-m", "tests.testbed", "operator-up"], cwd=ROOT, check=True)
+    studies.wait_phase("crash", "Succeeded", 240)
+    pods.stop()
+    study = studies.optuna_study("crash")
+    assert len(study.trials) == 8 and counts(study)["complete"] == 8
+    assert pods.most <= 3
+
+
+def test_deletion_drops_the_database_only_under_policy_delete_and_lookalike_names_get_their_own(
+    studies: Studies, objectives: dict[str, Any], testbed_env: dict[str, str]
+) -> None:
+    studies.create("keep-me", spec(objectives, trials=1, parallelism=1))
+    studies.create("keep.me", spec(objectives, trials=1, parallelism=1,
+                                   storage={"deletionPolicy": "Delete"}))
+    studies.wait_phase("keep-me", "Succeeded")
+    studies.wait_phase("keep.me", "Succeeded")
+    kept, dropped = (database.names_for(studies.namespace, n) for n in ("keep-me", "keep.me"))
+    assert kept != dropped
+    server = database.Server(testbed_env["HPO_MYSQL_HOST"], int(testbed_env["HPO_MYSQL_PORT"]),
+                             testbed_env["HPO_MYSQL_USER"], testbed_env["HPO_MYSQL_PASSWORD"])
+    assert database.exists(server, kept) and database.exists(server, dropped)
+    for name in ("keep-me", "keep.me"):
+        studies.api.delete_namespaced_custom_object("hpo.dev", "v1alpha1", studies.namespace, "hpostudies", name)
+    wait_for(lambda: not database.exists(server, dropped), 60, "the Delete-policy database to be dropped")
+    assert database.exists(server, kept)
+    database.drop(server, kept)
+    with pymysql.connect(host=server.host, port=server.port, user=server.admin_user,
+                         password=server.admin_password) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM mysql.user WHERE user = %s", (dropped,))
+        assert cursor.fetchone() == (0,)
