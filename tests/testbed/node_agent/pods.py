@@ -152,7 +152,7 @@ class PodWorker(threading.Thread):
             self._end_run(self._ctx.grace_s, DEADLINE_EXCEEDED)
             kind = self._until_interrupted(lambda: None)
         if kind == DELETED:
-            self._delete()
+            self._finish_deletion()
         elif kind == GONE:
             log.info("pod %s: deleted from the API, stopping what is left", self.key)
             self._end_run(min(self._ctx.grace_s, GONE_GRACE_S), None, publish=False)
@@ -246,7 +246,7 @@ class PodWorker(threading.Thread):
         while not self._patch(body):
             self._wait_for(RETRY_S)
 
-    def _delete(self) -> None:
+    def _finish_deletion(self) -> None:
         """Graceful deletion: stop the containers within the grace period, report, delete the pod for good."""
         grace = self._pod["metadata"].get("deletionGracePeriodSeconds")
         log.info("pod %s: deletion requested (grace %ss)", self.key, grace)
