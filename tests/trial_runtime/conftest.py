@@ -93,8 +93,8 @@ class OperatorSide:
     def __post_init__(self) -> None:
         self.storage = self.database.storage()
 
-    def create_study(self, name: str = "study", direction: str = "minimize") -> optuna.Study:
-        return optuna.create_study(study_name=name, storage=self.storage, direction=direction)
+    def create_study(self, name: str = "study") -> optuna.Study:
+        return optuna.create_study(study_name=name, storage=self.storage)
 
     def ask(self, study: optuna.Study, distributions: Mapping[str, BaseDistribution] | None = None) -> optuna.Trial:
         return study.ask(dict(distributions or {}))

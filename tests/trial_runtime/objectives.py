@@ -12,9 +12,8 @@ import os
 import time
 from pathlib import Path
 
-import optuna
-
 import hpo_trial
+import optuna
 
 NOT_CALLABLE = 42
 """Named by a test as an objective that is not a function."""
@@ -25,14 +24,12 @@ PRUNED_CURVE = [0.5, 0.4, 0.3, 2.0, 0.1]
 
 def record_params(trial: optuna.Trial) -> float:
     """Suggest the declared parameters plus one define-by-run parameter, record them, return a value."""
-    seen = {
-        "x": trial.suggest_float("x", -10.0, 10.0),
-        "n": trial.suggest_int("n", 1, 100),
-        "kind": trial.suggest_categorical("kind", ["a", "b", "c"]),
-        "extra": trial.suggest_float("extra", 0.0, 1.0),
-    }
-    Path(os.environ["TEST_RECORD"]).write_text(json.dumps(seen))
-    return seen["x"] * seen["n"] + seen["extra"]
+    x = trial.suggest_float("x", -10.0, 10.0)
+    n = trial.suggest_int("n", 1, 100)
+    kind = trial.suggest_categorical("kind", ["a", "b", "c"])
+    extra = trial.suggest_float("extra", 0.0, 1.0)
+    Path(os.environ["TEST_RECORD"]).write_text(json.dumps({"x": x, "n": n, "kind": kind, "extra": extra}))
+    return x * n + extra
 
 
 def report_a_curve(trial: optuna.Trial) -> float:

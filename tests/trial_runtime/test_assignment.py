@@ -8,7 +8,6 @@ from typing import Any
 
 import optuna
 import pytest
-
 from hpo_trial.assignment import Assignment, ComponentSpec, TrialRef, identify_trial, parse_assignment
 from hpo_trial.attach import build_pruner, build_sampler
 from hpo_trial.errors import ConfigurationError
@@ -66,9 +65,7 @@ def test_optional_fields_default_and_unknown_fields_are_ignored() -> None:
         ({"heartbeat_seconds": 0}, "'heartbeat_seconds' must be a positive integer"),
     ],
 )
-def test_a_bad_assignment_is_a_configuration_error_saying_what_is_wrong(
-    changes: dict[str, Any], message: str
-) -> None:
+def test_a_bad_assignment_is_a_configuration_error_saying_what_is_wrong(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_assignment(text(**changes))
 
@@ -91,7 +88,8 @@ def test_objective_precedence_is_flag_then_environment_then_assignment_then_defa
 
 
 def test_an_objective_path_resolves_dotted_attributes() -> None:
-    assert load_objective("json:JSONDecoder.decode") is json.JSONDecoder.decode
+    decode: object = json.JSONDecoder.decode
+    assert load_objective("json:JSONDecoder.decode") is decode
 
 
 def test_an_import_error_inside_the_objective_module_names_the_missing_dependency(

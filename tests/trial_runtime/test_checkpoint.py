@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import hpo_trial
 import optuna
 import pytest
 import torch
-
-import hpo_trial
 from hpo_trial.checkpoint import checkpoint_directory, latest_step
 
 pytestmark = pytest.mark.unit
@@ -30,8 +29,10 @@ def test_the_latest_checkpoint_is_loaded_and_recorded_on_the_trial(
     ckpt.save(1, {"weights": torch.arange(3.0)})
     last = ckpt.save(2, {"weights": torch.arange(3.0) * 2})
 
-    step, state = hpo_trial.checkpoint(trial, root=tmp_path).load()  # type: ignore[misc]
+    restored = hpo_trial.checkpoint(trial, root=tmp_path).load()
 
+    assert restored is not None
+    step, state = restored
     assert step == 2 and torch.equal(state["weights"], torch.tensor([0.0, 2.0, 4.0]))
     assert trial.user_attrs["checkpoint"] == {"path": str(last), "step": 2}
     assert [r.getMessage() for r in caplog.records] == [

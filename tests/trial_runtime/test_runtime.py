@@ -34,8 +34,9 @@ def test_objective_sees_the_assigned_parameters_and_its_value_lands_in_the_datab
     trial = operator.ask(study, DECLARED)
     record = tmp_path / "seen.json"
 
-    run = start_trial(operator.assignment(study, trial), "--objective", "objectives:record_params",
-                      env={"TEST_RECORD": str(record)})
+    run = start_trial(
+        operator.assignment(study, trial), "--objective", "objectives:record_params", env={"TEST_RECORD": str(record)}
+    )
 
     assert run.wait() == 0, run.output
     seen = json.loads(record.read_text())

@@ -87,7 +87,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from hpo_trial.errors import ConfigurationError
 
@@ -223,11 +223,14 @@ def _trial_ref(raw: dict[str, Any]) -> TrialRef:
     trial = raw.get("trial")
     if not isinstance(trial, dict):
         raise ConfigurationError(f"assignment field 'trial' must be an object with 'number' and 'id', got {trial!r}")
-    number, trial_id = trial.get("number"), trial.get("id")
-    for name, value in (("number", number), ("id", trial_id)):
-        if not _is_int(value) or value < 0:
-            raise ConfigurationError(f"assignment field 'trial.{name}' must be a non-negative integer, got {value!r}")
-    return TrialRef(study=study, number=number, id=trial_id)
+    return TrialRef(study=study, number=_non_negative_int(trial, "number"), id=_non_negative_int(trial, "id"))
+
+
+def _non_negative_int(trial: dict[str, Any], key: str) -> int:
+    value = trial.get(key)
+    if not _is_int(value) or value < 0:
+        raise ConfigurationError(f"assignment field 'trial.{key}' must be a non-negative integer, got {value!r}")
+    return value
 
 
 def _component(raw: dict[str, Any], key: str) -> ComponentSpec | None:
@@ -256,5 +259,5 @@ def _optional_str(raw: dict[str, Any], key: str) -> str | None:
     return value
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)

@@ -200,7 +200,7 @@ def fail_trial(storage: RDBStorage, ref: TrialRef, reason: str) -> None:
         study = optuna.load_study(study_name=ref.study, storage=storage, sampler=optuna.samplers.RandomSampler())
         attach_trial(storage, study, ref)
         tell(study, storage, ref.id, TrialState.FAIL, None, reason)
-    except Exception as error:  # noqa: BLE001  # the error being reported matters more than this one
+    except Exception as error:  # the error being reported matters more than this one
         _logger.warning("could not mark trial %d FAIL: %s", ref.number, storage_error_reason(error))
 
 

@@ -150,7 +150,7 @@ class Checkpoint:
         for path in _checkpoint_files(self._directory):
             try:
                 state = _deserialize(path.read_bytes())
-            except Exception as error:  # noqa: BLE001  # any unreadable file is skipped, whatever broke
+            except Exception as error:  # any unreadable file is skipped, whatever broke
                 _logger.warning("checkpoint %s is not loaded, it is damaged: %s", path, error)
                 continue
             step = _step_of(path)
@@ -232,7 +232,7 @@ def _step_of(path: Path) -> int:
 def _serialize(state: Any) -> tuple[bytes, bytes]:
     """The format byte and payload: torch's format if the objective uses torch, else plain pickle."""
     if "torch" in sys.modules:
-        import torch  # noqa: PLC0415  # already imported by the objective: free
+        import torch  # already imported by the objective: free
 
         buffer = io.BytesIO()
         torch.save(state, buffer)
@@ -249,7 +249,7 @@ def _deserialize(data: bytes) -> Any:
     if hashlib.sha256(kind + payload).digest() != digest:
         raise ValueError("checksum mismatch (partial or corrupted write)")
     if kind == _TORCH:
-        import torch  # noqa: PLC0415  # imported on use: objectives without torch start faster
+        import torch  # imported on use: objectives without torch start faster
 
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
     if kind == _PICKLE:

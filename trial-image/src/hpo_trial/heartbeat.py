@@ -55,7 +55,7 @@ class Heartbeat:
         while True:
             try:
                 self._storage.record_heartbeat(self._trial_id)
-            except Exception as error:  # noqa: BLE001  # a thread must not die on a database hiccup
+            except Exception as error:  # a thread must not die on a database hiccup
                 if not failing:
                     _logger.warning("cannot record the trial's heartbeat (will retry): %s", redact(str(error)))
                 failing = True

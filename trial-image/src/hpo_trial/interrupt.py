@@ -15,7 +15,7 @@ from types import FrameType, TracebackType
 __all__ = ["Interrupted", "SignalGuard"]
 
 
-class Interrupted(BaseException):  # noqa: N818  # named like KeyboardInterrupt, which it mirrors
+class Interrupted(BaseException):  # named like KeyboardInterrupt, which it mirrors
     """A stop signal arrived while the trial ran.
 
     Derives from BaseException, like KeyboardInterrupt, so that an objective's ``except Exception``

@@ -125,11 +125,8 @@ def values_from_result(result: object, n_objectives: int) -> list[float]:
     expected = "a float" if n_objectives == 1 else f"a sequence of {n_objectives} floats"
     if result is None:
         raise ObjectiveError(f"the objective returned None; it must return {expected}")
-    items: list[object]
-    if isinstance(result, Sequence) and not isinstance(result, (str, bytes)):
-        items = list(result)
-    else:
-        items = [result]
+    is_sequence = isinstance(result, Sequence) and not isinstance(result, (str, bytes))
+    items: list[object] = list(result) if is_sequence else [result]  # type: ignore[call-overload]
     if len(items) != n_objectives:
         raise ObjectiveError(
             f"the objective returned {len(items)} value(s) but the study has {n_objectives} objective(s); "
@@ -140,7 +137,7 @@ def values_from_result(result: object, n_objectives: int) -> list[float]:
         if not isinstance(item, numbers.Real) and not hasattr(item, "__float__"):
             raise ObjectiveError(f"the objective returned {item!r} ({type(item).__name__}); it must return {expected}")
         try:
-            value = float(item)  # type: ignore[arg-type]  # numpy and torch scalars define __float__
+            value = float(item)  # numpy and torch scalars define __float__
         except (TypeError, ValueError) as error:
             raise ObjectiveError(f"the objective returned {item!r}, which is not a number: {error}") from None
         if not math.isfinite(value):

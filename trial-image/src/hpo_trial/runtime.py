@@ -152,7 +152,9 @@ def _run_assigned(storage: RDBStorage, assignment: Assignment, settings: Setting
         told = attach.tell(study, storage, ref.id, state, values, reason)
     if told.state != state:
         _logger.warning(
-            "trial %d was already %s when this pod told %s; the stored outcome stands", ref.number, told.state.name,
+            "trial %d was already %s when this pod told %s; the stored outcome stands",
+            ref.number,
+            told.state.name,
             state.name,
         )
         return _already_finished(told, "this pod's result was not recorded")

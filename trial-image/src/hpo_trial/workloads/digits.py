@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 from torch import nn
 
 import hpo_trial
@@ -259,7 +259,7 @@ def _train_epoch(
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss = nn.functional.cross_entropy(model(data.x_train[index]), data.y_train[index])
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(loss).backward()  # type: ignore[no-untyped-call]  # torch leaves backward unannotated
         scaler.step(optimizer)
         scaler.update()
         total += loss.detach() * len(index)
