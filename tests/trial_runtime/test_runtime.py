@@ -146,14 +146,24 @@ def test_an_exception_in_user_code_fails_the_trial_with_a_one_line_reason(
     assert operator.frozen(study, trial.number).state == TrialState.FAIL
 
 
-def test_a_nan_value_fails_the_trial(operator: OperatorSide, start_trial: RunTrial) -> None:
+@pytest.mark.parametrize(
+    ("objective", "message"),
+    [
+        ("objectives:return_nan", "FAIL objective objectives:return_nan: the objective returned nan (not a finite"),
+        ("objectives:exit_early", "FAIL objective objectives:exit_early called sys.exit(0) instead of returning"),
+    ],
+    ids=["nan", "sys.exit"],
+)
+def test_no_usable_value_fails_the_trial(
+    operator: OperatorSide, start_trial: RunTrial, objective: str, message: str
+) -> None:
     study = operator.create_study()
     trial = operator.ask(study)
 
-    run = start_trial(operator.assignment(study, trial), "--objective", "objectives:return_nan")
+    run = start_trial(operator.assignment(study, trial), "--objective", objective)
 
     assert run.wait() == 1, run.output
-    assert run.message.startswith("FAIL objective objectives:return_nan: the objective returned nan"), run.message
+    assert run.message.startswith(message), run.message
     assert operator.frozen(study, trial.number).state == TrialState.FAIL
 
 

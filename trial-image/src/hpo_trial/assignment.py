@@ -33,13 +33,15 @@ Environment
         must be that trial's number in ``study`` (the runtime checks). ``sampler`` and ``pruner``
         name classes in ``optuna.samplers`` and ``optuna.pruners`` with JSON keyword arguments; the
         runtime builds them so that define-by-run ``trial.suggest_*`` and ``trial.should_prune()``
-        behave as the study's. ``sampler`` null means Optuna's default sampler; ``pruner`` null means
-        no pruning (``NopPruner``). ``checkpoint_root`` (null: checkpoints are not kept across pods)
-        is exported to the objective as ``HPO_CHECKPOINT_ROOT``. ``heartbeat_seconds`` (default 10)
-        is how often the pod records the trial's heartbeat. ``pruner``, ``checkpoint_root``,
-        ``objective`` and ``heartbeat_seconds`` may be left out. Unknown keys are ignored: a field
-        that an older runtime may safely ignore can be added within protocol 1; any other change
-        needs a new protocol number.
+        behave as the study's; a keyword argument written as ``{"class": ..., "kwargs": ...}`` is built
+        the same way (``PatientPruner``'s ``wrapped_pruner``). ``sampler`` null means Optuna's default
+        sampler; ``pruner`` null means no pruning (``NopPruner``). ``checkpoint_root`` (null:
+        checkpoints are not kept across pods) is exported to the objective as
+        ``HPO_CHECKPOINT_ROOT``. ``heartbeat_seconds`` (default 10) is how often the pod records
+        the trial's heartbeat. ``pruner``, ``checkpoint_root``, ``objective`` and
+        ``heartbeat_seconds`` may be left out. Unknown keys are ignored: a field that an older
+        runtime may safely ignore can be added within protocol 1; any other change needs a new
+        protocol number.
     ``HPO_OBJECTIVE``, ``HPO_QUICK_SCAN``, ``HPO_TERMINATION_LOG``
         Optional; the same as the flags.
 
@@ -64,7 +66,8 @@ Outcome: exit code and termination message
     ====  ===========================================================  =========================
     0     ``COMPLETE value=<v>`` (``values=<v1>,<v2>`` multi-objective)  COMPLETE
     0     ``PRUNED step=<k>`` (``step=`` only if a value was reported)  PRUNED
-    1     ``FAIL <reason>``: an exception in the objective, NaN/inf    FAIL
+    1     ``FAIL <reason>``: the objective raised, returned NaN/inf/    FAIL
+          None or called ``sys.exit``
     2     ``FAIL <reason>``: configuration (assignment, protocol,       FAIL when the trial can
           objective path, sampler/pruner, trial mismatch)              be identified and reached
     3     ``FAIL <reason>``: the database is unreachable or was lost    RUNNING (for the operator
@@ -73,11 +76,13 @@ Outcome: exit code and termination message
           checkpoint's, absent without one; the trial will be resumed
     ====  ===========================================================  =========================
 
-    A trial that is already finished when the pod starts (operator and pod raced) ends with its stored
-    outcome: code 0 for COMPLETE or PRUNED, 1 for FAIL.
+    A FAIL's reason is also stored as the trial's system attribute ``fail_reason`` (as Optuna does). A
+    trial that is already finished when the pod starts or tells (operator and pod raced) ends with
+    its stored outcome: code 0 for COMPLETE or PRUNED, 1 for FAIL.
 
 Checkpoints
-    ``hpo_trial.checkpoint(trial)`` keeps them in ``<checkpoint_root>/<study>/<trial number>`` and
+    ``hpo_trial.checkpoint(trial)`` keeps them in ``<checkpoint_root>/<study>/<trial number>`` (the
+    study name URL-quoted into one path component) and
     records the latest on the trial as the user attribute ``checkpoint``:
     ``{"path": "<file>", "step": <k>}``. The log lines ``checkpoint saved at step <k>`` and
     ``resumed from step <k>`` are fixed.

@@ -148,6 +148,8 @@ def _run_assigned(storage: RDBStorage, assignment: Assignment, settings: Setting
             attach.raise_if_connection_error(error)
             reason = f"objective {objective_path} raised {describe_exception(error)}"
             _logger.error("%s\n%s", reason, "".join(traceback.format_exception(error)).rstrip())
+        except SystemExit as error:  # exiting here would leave the trial RUNNING
+            reason = f"objective {objective_path} called sys.exit({error.code!r}) instead of returning a value"
         guard.defer()
         told = attach.tell(study, storage, ref.id, state, values, reason)
     if told.state != state:

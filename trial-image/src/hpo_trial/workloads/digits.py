@@ -107,7 +107,8 @@ def objective(trial: optuna.Trial) -> float:
 
     torch.manual_seed(trial.number)
     model = build_model(data.x_train.shape[1], n_layers, width, dropout).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    # Fused AdamW on CUDA: one kernel per step instead of several (the small net is launch-bound there).
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     progress = _Progress()
