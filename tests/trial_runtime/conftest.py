@@ -204,6 +204,7 @@ def start_trial(database: Database, tmp_path: Path) -> Iterator[RunTrial]:
             "HPO_STORAGE_URL": database.url,
             "HPO_ASSIGNMENT": json.dumps(assignment),
             "HPO_TERMINATION_LOG": str(termination_log),
+            "TMPDIR": str(run_dir),  # where checkpoints go without a checkpoint root
             **(env or {}),
         }
         process = TrialProcess([str(HPO_TRIAL), *args], full_env, run_dir, termination_log)

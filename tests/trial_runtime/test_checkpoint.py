@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import hpo_trial
@@ -101,9 +102,11 @@ def test_study_names_become_one_safe_path_component(tmp_path: Path) -> None:
 
 
 def test_without_a_root_checkpoints_go_to_a_fresh_directory_each_time(
-    trial: optuna.Trial, monkeypatch: pytest.MonkeyPatch
+    trial: optuna.Trial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("HPO_CHECKPOINT_ROOT", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     first, second = hpo_trial.checkpoint(trial), hpo_trial.checkpoint(trial)
     first.save(1, "state")
     assert second.load() is None, "a trial must never resume someone else's checkpoint"
+    assert first.directory.is_relative_to(tmp_path)
