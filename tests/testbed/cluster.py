@@ -144,8 +144,11 @@ def up() -> None:
 def require_running(what: str) -> int:
     """The supervisor's pid; exits with the command to run when the testbed is not up."""
     pid = _supervisor_pid()
-    if pid is None or _state().get("phase") != "ready":
+    if pid is None:
         raise SystemExit(f"{what}: the testbed is not running; start it with `make testbed-up`")
+    if _state().get("phase") != "ready":
+        raise SystemExit(f"{what}: the testbed is {_state().get('phase')} ({_state().get('message')}); "
+                         "restart it with `make testbed-down testbed-up`")
     return pid
 
 

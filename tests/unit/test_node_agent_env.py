@@ -60,7 +60,8 @@ def test_env_overrides_env_from_and_expands_against_what_came_before() -> None:
     objects = Objects(config_maps={"cfg": {"kind": "ConfigMap", "data": {"A": "from-map", "B": "b"}}})
     container = {
         "envFrom": [{"configMapRef": {"name": "cfg"}}, {"configMapRef": {"name": "cfg"}, "prefix": "P_"}],
-        "env": [{"name": "A", "value": "explicit"}, {"name": "C", "value": "$(A)/$(B)/$(LATER)/$(KUBERNETES_SERVICE_HOST)"},
+        "env": [{"name": "A", "value": "explicit"},
+                {"name": "C", "value": "$(A)/$(B)/$(LATER)/$(KUBERNETES_SERVICE_HOST)"},
                 {"name": "LATER", "value": "x"}],
     }
     env = declared_env(POD, container, objects, service_env("127.0.0.1", 6443), ALLOCATABLE, "127.0.0.1")

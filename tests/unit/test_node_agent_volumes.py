@@ -76,7 +76,7 @@ def test_the_service_account_volume_is_projected_with_a_bound_token(tmp_path: Pa
 
 def test_the_kube_root_ca_is_awaited(tmp_path: Path) -> None:
     volume = {"name": "v", "projected": {"sources": [{"configMap": {"name": "kube-root-ca.crt"}}]}}
-    with pytest.raises(VolumeNotReady, match="kube-root-ca.crt"):
+    with pytest.raises(VolumeNotReady, match=r"kube-root-ca\.crt"):
         render(FakeKube(), tmp_path, [volume])
 
 

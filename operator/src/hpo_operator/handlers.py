@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -27,13 +28,29 @@ _wakeups: dict[tuple[str, str], asyncio.Event] = {}
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    # Each study's passes run in the loop's default executor (database and API calls block):
+    # size it for many studies at once rather than asyncio's cpu-count default.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
+    logging.getLogger("kopf.objects").addFilter(_QuietWakeups())
     metrics.serve(SETTINGS.metrics_port)
+
+
+def _wake(key: tuple[str, str]) -> None:
+    if (event := _wakeups.get(key)) is not None:
+        event.set()
+
+
+class _QuietWakeups(logging.Filter):
+    """Drop Kopf's 'Handler succeeded' line for wake_study, which would log every trial pod change."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "'wake_study'" not in record.getMessage()
 
 
 @kopf.index("pods", labels={STUDY_LABEL: kopf.PRESENT})
@@ -46,12 +63,12 @@ def trial_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -
     return {(namespace, labels[STUDY_LABEL]): summarise_job(dict(body))}
 
 
+# Kopf runs event handlers after it has updated the indexes, so the woken pass sees this change.
 @kopf.on.event("pods", labels={STUDY_LABEL: kopf.PRESENT})
 @kopf.on.event("batch", "v1", "jobs", labels={STUDY_LABEL: kopf.PRESENT})
-def wake_study(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+async def wake_study(namespace: str, labels: kopf.Labels, **_: Any) -> None:
     """A trial pod or Job changed: run its study's pass now rather than at the next resync."""
-    if (event := _wakeups.get((namespace, labels[STUDY_LABEL]))) is not None:
-        event.set()
+    _wake((namespace, labels[STUDY_LABEL]))
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=30)
@@ -85,10 +102,9 @@ async def _sleep_until(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def spec_changed(name: str, namespace: str, **_: Any) -> None:
+async def spec_changed(name: str, namespace: str, **_: Any) -> None:
     """Parallelism, budget or suspend changed: apply it now."""
-    if (event := _wakeups.get((namespace, label_value(name)))) is not None:
-        event.set()
+    _wake((namespace, label_value(name)))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

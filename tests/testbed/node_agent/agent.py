@@ -15,7 +15,8 @@ import threading
 from types import FrameType
 
 from tests.testbed.node_agent import processes
-from tests.testbed.node_agent.kube import Kube, Json, is_status
+from tests.testbed.node_agent.events import EventRecorder
+from tests.testbed.node_agent.kube import Json, Kube, is_status
 from tests.testbed.node_agent.logs import LogTarget
 from tests.testbed.node_agent.node import NodeHeartbeat
 from tests.testbed.node_agent.pods import AgentServices, PodWorker, is_orphaned
@@ -39,12 +40,14 @@ class Agent:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._workers: dict[str, PodWorker] = {}
-        self._services = AgentServices(self.kube, settings, self._forget)
+        self._events = EventRecorder(self.kube, settings.node_name)
+        self._services = AgentServices(self.kube, settings, self._events, self._forget)
         self._listed = False
 
     def run(self) -> int:
         processes.become_subreaper()
         threading.Thread(target=processes.run_reaper, args=(self._stop,), name="reaper", daemon=True).start()
+        self._events.start()
         self.settings.pods_dir.mkdir(parents=True, exist_ok=True)
         self.settings.pod_log_dir.mkdir(parents=True, exist_ok=True)
         processes.sweep_recorded(sorted(self.settings.pods_dir.glob("*/containers/*/mount-namespace")))

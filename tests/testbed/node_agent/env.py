@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from tests.testbed.node_agent.downward import DownwardError, field_value, resource_value
-from tests.testbed.node_agent.settings import AgentSettings
 from tests.testbed.node_agent.kube import object_data
+from tests.testbed.node_agent.settings import AgentSettings
 
 Json = dict[str, Any]
 
@@ -60,9 +60,10 @@ def expand(text: str, mapping: Callable[[str], str | None]) -> str:
     return "".join(out)
 
 
-def image_env(settings: AgentSettings, pod_name: str) -> dict[str, str]:
+def image_env(settings: AgentSettings, pod: Json) -> dict[str, str]:
     """What the image and runtime put under everything else: a PATH, HOME, and the pod's hostname."""
-    return {"PATH": settings.container_path, "HOME": "/root", "HOSTNAME": pod_name}
+    hostname = pod["spec"].get("hostname") or pod["metadata"]["name"]
+    return {"PATH": settings.container_path, "HOME": "/root", "HOSTNAME": hostname}
 
 
 def service_env(host: str, port: int) -> dict[str, str]:
@@ -94,7 +95,8 @@ def _source_data(objects: ObjectLookup, kind: str, ref: Json) -> dict[str, bytes
 def _from_sources(objects: ObjectLookup, sources: list[Json]) -> dict[str, str]:
     env: dict[str, str] = {}
     for source in sources:
-        kind, ref = ("Secret", source["secretRef"]) if source.get("secretRef") else ("ConfigMap", source["configMapRef"])
+        secret = source.get("secretRef")
+        kind, ref = ("Secret", secret) if secret else ("ConfigMap", source["configMapRef"])
         data = _source_data(objects, kind, ref) or {}
         prefix = source.get("prefix", "")
         for key, value in data.items():
@@ -136,10 +138,8 @@ def _value_from(pod: Json, container: Json, source: Json, objects: ObjectLookup,
 
 def _named_container(pod: Json, name: str | None) -> Json | None:
     spec = pod.get("spec", {})
-    for candidate in [*spec.get("initContainers", []), *spec.get("containers", [])]:
-        if name and candidate.get("name") == name:
-            return candidate
-    return None
+    candidates: list[Json] = [*spec.get("initContainers", []), *spec.get("containers", [])]
+    return next((candidate for candidate in candidates if name and candidate.get("name") == name), None)
 
 
 def declared_env(pod: Json, container: Json, objects: ObjectLookup, service: Mapping[str, str],

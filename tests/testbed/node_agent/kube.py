@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -66,10 +67,10 @@ class Kube:
 
     def watch_pods(self, resource_version: str, timeout_s: int) -> Iterator[Json]:
         """Watch events ({type, object}) after `resource_version`; ends when the server closes the watch."""
-        response = self.core.list_pod_for_all_namespaces(
+        response = cast(urllib3.HTTPResponse, self.core.list_pod_for_all_namespaces(
             field_selector=f"spec.nodeName={self.node_name}", watch=True, allow_watch_bookmarks=True,
             resource_version=resource_version, timeout_seconds=timeout_s,
-            _preload_content=False, _request_timeout=(TIMEOUT_S, timeout_s + TIMEOUT_S))
+            _preload_content=False, _request_timeout=(TIMEOUT_S, timeout_s + TIMEOUT_S)))
         try:
             pending = b""
             for chunk in response.stream(65536, decode_content=False):
@@ -89,7 +90,7 @@ class Kube:
 
     def delete_pod(self, namespace: str, name: str, uid: str) -> None:
         """The kubelet's final delete: grace 0, only this incarnation of the pod; gone already is fine."""
-        options = {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
+        options = client.V1DeleteOptions.model_validate({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}})
         try:
             self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0, body=options,
                                             _preload_content=False, _request_timeout=TIMEOUT_S)
@@ -122,7 +123,7 @@ class Kube:
     def request_token(self, pod: Json, audience: str | None, expiration_s: int) -> Json:
         """A ServiceAccount token bound to the pod (TokenRequest); returns its status (token, expiry)."""
         metadata = pod["metadata"]
-        body = {
+        body = client.AuthenticationV1TokenRequest.model_validate({
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",
             "spec": {
@@ -131,7 +132,7 @@ class Kube:
                 "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": metadata["name"],
                                    "uid": metadata["uid"]},
             },
-        }
+        })
         account = pod["spec"].get("serviceAccountName") or "default"
         response = self.core.create_namespaced_service_account_token(
             account, metadata["namespace"], body, _preload_content=False, _request_timeout=TIMEOUT_S)
@@ -144,7 +145,8 @@ class Kube:
         return self._get_or_none(self.core.read_node, self.node_name)
 
     def create_node(self, node: Json) -> Json:
-        return _json(self.core.create_node(node, _preload_content=False, _request_timeout=TIMEOUT_S))
+        body = client.V1Node.model_validate(node)
+        return _json(self.core.create_node(body, _preload_content=False, _request_timeout=TIMEOUT_S))
 
     def patch_node_status(self, status: Json) -> None:
         self.core.patch_node_status(self.node_name, {"status": status}, _content_type=STRATEGIC_MERGE,
@@ -153,16 +155,19 @@ class Kube:
     def get_lease(self) -> Json | None:
         return self._get_or_none(self.coordination.read_namespaced_lease, self.node_name, NODE_LEASE_NAMESPACE)
 
+    def create_event(self, event: Json) -> None:
+        self.core.create_namespaced_event(event["metadata"]["namespace"], client.CoreV1Event.model_validate(event),
+                                          _preload_content=False, _request_timeout=TIMEOUT_S)
+
     def create_lease(self, lease: Json) -> Json:
         return _json(self.coordination.create_namespaced_lease(
-            NODE_LEASE_NAMESPACE, lease, _preload_content=False, _request_timeout=TIMEOUT_S))
+            NODE_LEASE_NAMESPACE, client.V1Lease.model_validate(lease), _preload_content=False,
+            _request_timeout=TIMEOUT_S))
 
     def replace_lease(self, lease: Json) -> Json:
         return _json(self.coordination.replace_namespaced_lease(
-            self.node_name, NODE_LEASE_NAMESPACE, lease, _preload_content=False, _request_timeout=TIMEOUT_S))
-
-    def create_event(self, namespace: str, event: Json) -> None:
-        self.core.create_namespaced_event(namespace, event, _preload_content=False, _request_timeout=TIMEOUT_S)
+            self.node_name, NODE_LEASE_NAMESPACE, client.V1Lease.model_validate(lease), _preload_content=False,
+            _request_timeout=TIMEOUT_S))
 
 
 class NamespaceObjects:

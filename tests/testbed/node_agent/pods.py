@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tests.testbed.node_agent.events import WARNING, EventRecorder
 from tests.testbed.node_agent.kube import TIMEOUT_S, Kube, NamespaceObjects, is_status
 from tests.testbed.node_agent.logs import LogTarget, PodLog
 from tests.testbed.node_agent.runner import ContainerRunner, PodContext
@@ -66,6 +67,7 @@ class AgentServices:
 
     kube: Kube
     settings: AgentSettings
+    events: EventRecorder
     forget: Callable[[PodWorker], None]
 
 
@@ -95,9 +97,10 @@ class PodWorker(threading.Thread):
         self._dir = settings.pods_dir / self.uid
         spec = pod["spec"]
         inits, mains = spec.get("initContainers") or [], spec.get("containers") or []
-        self._pod_log = PodLog(settings.pod_log_dir / f"{self.pod_namespace}_{self.pod_name}.log", len(inits) + len(mains) > 1)
+        log_file = settings.pod_log_dir / f"{self.pod_namespace}_{self.pod_name}.log"
+        self._pod_log = PodLog(log_file, prefixed=len(inits) + len(mains) > 1)
         self._ctx = PodContext(pod, settings, NamespaceObjects(services.kube, self.pod_namespace), self._dir,
-                               self._pod_log, self.notify)
+                               self._pod_log, self.notify, services.events)
         self._inits = [ContainerRunner(self._ctx, c, True, "PodInitializing") for c in inits]
         waiting = "PodInitializing" if inits else "ContainerCreating"
         self._mains = [ContainerRunner(self._ctx, c, False, waiting) for c in mains]
@@ -149,6 +152,7 @@ class PodWorker(threading.Thread):
         kind = self._until_interrupted(self._start)
         if kind == DEADLINE:
             log.info("pod %s: active deadline exceeded, killing it", self.key)
+            self._ctx.record(WARNING, *DEADLINE_EXCEEDED)
             self._end_run(self._ctx.grace_s, DEADLINE_EXCEEDED)
             kind = self._until_interrupted(lambda: None)
         if kind == DELETED:
@@ -190,28 +194,30 @@ class PodWorker(threading.Thread):
             self._refuse(commandless)
             return
         self._prepare_sandbox()
-        for runner in self._inits:
-            runner.start()
-            self._wait(lambda: runner.finished)
-            if not runner.succeeded:
-                break
-        else:
-            for runner in self._mains:
-                runner.start()
-            self._wait(lambda: all(runner.finished for runner in self._mains))
+        if all(self._run_to_end([init]) for init in self._inits):
+            self._run_to_end(self._mains)
         self._active, self._terminal = False, True
         self._publish()
         log.info("pod %s: finished (%s)", self.key, self._status()["phase"])
 
+    def _run_to_end(self, runners: list[ContainerRunner]) -> bool:
+        """Start these containers and wait until none will run again; whether they all succeeded."""
+        for runner in runners:
+            runner.start()
+        self._wait(lambda: all(runner.finished for runner in runners))
+        return all(runner.succeeded for runner in runners)
+
     def _refuse(self, commandless: list[ContainerRunner]) -> None:
         for runner in commandless:
-            message = (f'container "{runner.container_name}" has no command: the testbed runs commands as local processes, '
-                       "not images; set `command` in the container spec")
+            message = (f'container "{runner.container_name}" has no command: the testbed runs commands as local '
+                       "processes, not images; set `command` in the container spec")
             runner.mark_unrunnable(NO_COMMAND, message)
-        self._verdict = (NO_COMMAND, f"the testbed cannot run image entrypoints: {commandless[0].container_name} has no command")
+        names = ", ".join(runner.container_name for runner in commandless)
+        self._verdict = (NO_COMMAND, f"the testbed cannot run image entrypoints; without a command: {names}")
         self._active, self._terminal = False, True
         self._publish()
         log.warning("pod %s: failed, a container has no command", self.key)
+        self._ctx.record(WARNING, *self._verdict)
 
     def _prepare_sandbox(self) -> None:
         """Set up the volumes, retrying while something they need is missing (the pod stays Pending)."""
@@ -224,6 +230,7 @@ class PodWorker(threading.Thread):
             except VolumeNotReady as error:
                 if str(error) != reported:
                     log.info("pod %s: waiting for volumes: %s", self.key, error)
+                    self._ctx.record(WARNING, "FailedMount", f"Unable to set up volumes: {error}")
                     reported = str(error)
             except Exception:
                 log.exception("pod %s: setting up volumes failed; retrying", self.key)
@@ -233,6 +240,7 @@ class PodWorker(threading.Thread):
 
     def _fail_orphan(self) -> None:
         log.warning("pod %s: was running under a previous agent; marking it Failed", self.key)
+        self._ctx.record(WARNING, *AGENT_RESTARTED)
         status = self._pod.get("status") or {}
         now = now_rfc3339()
         reason, message = AGENT_RESTARTED
@@ -385,7 +393,8 @@ class PodWorker(threading.Thread):
 
     def _patch(self, status: Json, timeout_s: float | None = None) -> bool:
         try:
-            self._services.kube.patch_pod_status(self.pod_namespace, self.pod_name, self.uid, status, timeout_s or TIMEOUT_S)
+            kube, timeout = self._services.kube, timeout_s or TIMEOUT_S
+            kube.patch_pod_status(self.pod_namespace, self.pod_name, self.uid, status, timeout)
             return True
         except Exception as error:
             if is_status(error, 404, 409):

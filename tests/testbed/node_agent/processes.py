@@ -8,6 +8,7 @@ namespace", which is what a container's end sweeps away.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -59,10 +60,8 @@ def has_exited(pid: int) -> bool:
 
 
 def signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def mount_namespace(pid: int) -> str | None:
@@ -108,10 +107,8 @@ def reap_orphans() -> None:
         for pid in _pids():
             stat = _stat(pid)
             if stat and stat == ("Z", me) and pid not in _owned:
-                try:
+                with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
 
 
 def run_reaper(stop: threading.Event) -> None:

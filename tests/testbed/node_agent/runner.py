@@ -25,7 +25,15 @@ from tests.testbed.node_agent.containers import (
     termination_mount,
     volume_mounts,
 )
-from tests.testbed.node_agent.env import ContainerConfigError, ObjectLookup, declared_env, expand, image_env, service_env
+from tests.testbed.node_agent.env import (
+    ContainerConfigError,
+    ObjectLookup,
+    declared_env,
+    expand,
+    image_env,
+    service_env,
+)
+from tests.testbed.node_agent.events import NORMAL, WARNING, EventRecorder
 from tests.testbed.node_agent.logs import LogTarget, PodLog, container_runs, termination_fallback
 from tests.testbed.node_agent.probes import LIVENESS, READINESS, STARTUP, Prober, run_action
 from tests.testbed.node_agent.settings import AgentSettings
@@ -65,8 +73,12 @@ class PodContext:
     pod_dir: Path
     pod_log: PodLog
     notify: Callable[[], None]
+    events: EventRecorder
     volumes: dict[str, Path] = field(default_factory=dict)
     read_only: set[str] = field(default_factory=set)
+
+    def record(self, kind: str, reason: str, message: str, container: str | None = None) -> None:
+        self.events.record(self.pod, kind, reason, message, container)
 
     @property
     def key(self) -> str:
@@ -147,6 +159,7 @@ class ContainerRunner(threading.Thread):
             if self.ident is None:
                 self._finished.set()
         if process is not None and spec is not None:
+            self._ctx.record(NORMAL, "Killing", f"Stopping container {self.container_name}", self.container_name)
             threading.Thread(target=self._stop_run, args=(process, spec, grace_s), name=f"stop-{self.container_name}",
                              daemon=True).start()
 
@@ -185,6 +198,8 @@ class ContainerRunner(threading.Thread):
                    f"pod={pod['name']}_{pod['namespace']}({pod['uid']})")
         self._update(terminated=None, last_terminated=ended, waiting=("CrashLoopBackOff", message),
                      restart_count=self.snapshot().restart_count + 1)
+        self._ctx.record(WARNING, "BackOff", f"Back-off restarting failed container {self.container_name} in pod "
+                         f"{pod['name']}_{pod['namespace']}({pod['uid']})", self.container_name)
         self._stopping.wait(delay_s)
 
     def _launch_spec(self) -> LaunchSpec:
@@ -194,7 +209,7 @@ class ContainerRunner(threading.Thread):
         mounts = volume_mounts(self.container, ctx.volumes, ctx.read_only, env)
         files = RunFiles(self._directory, self._runs)
         return LaunchSpec(argv=container_command(self.container, env),
-                          env={**image_env(settings, ctx.pod["metadata"]["name"]), **env},
+                          env={**image_env(settings, ctx.pod), **env},
                           working_dir=self.container.get("workingDir") or "/",
                           mounts=[*mounts, termination_mount(self.container, files)])
 
@@ -203,12 +218,15 @@ class ContainerRunner(threading.Thread):
         try:
             spec = self._launch_spec()
         except ContainerConfigError as error:
+            if self.snapshot().waiting != ("CreateContainerConfigError", str(error)):
+                self._ctx.record(WARNING, "Failed", f"Error: {error}", self.container_name)
             self._update(waiting=("CreateContainerConfigError", str(error)))
             return None
         with self._lock:
             if self._stopping.is_set():
                 return None
-            process = self._process = launch(spec, RunFiles(self._directory, self._runs), self._ctx.pod_log, self.container_name)
+            files = RunFiles(self._directory, self._runs)
+            process = self._process = launch(spec, files, self._ctx.pod_log, self.container_name)
             self._spec = spec
             self._runs += 1
         started_at, began = now_rfc3339(), time.monotonic()
@@ -217,11 +235,14 @@ class ContainerRunner(threading.Thread):
         self._update(waiting=None, terminated=None, running_since=started_at, container_id=process.container_id,
                      started=started, ready=self._is_ready(True, started))
         log.info("pod %s: container %s started (pid %d)", self._ctx.key, self.container_name, process.pid)
+        self._ctx.record(NORMAL, "Started", f"Started container {self.container_name}", self.container_name)
         probes_done = threading.Event()
         self._start_probes(process, spec, probes_done)
         code = process.wait()
         probes_done.set()
         ended = self._ended(process, code, started_at)
+        if ended.reason == "StartError":
+            self._ctx.record(WARNING, "Failed", f"Error: {ended.message}", self.container_name)
         with self._lock:
             self._process = self._spec = None
         self._update(running_since=None, terminated=ended, ready=False, started=False)
@@ -265,6 +286,8 @@ class ContainerRunner(threading.Thread):
                 Prober(kind, probe, began, check, on_change, done, None if kind == STARTUP else started).start()
 
     def _on_probe(self, process: ContainerProcess, started: threading.Event, kind: str, ok: bool, message: str) -> None:
+        if not ok:
+            self._ctx.record(WARNING, "Unhealthy", f"{kind.capitalize()} probe failed: {message}", self.container_name)
         if kind == READINESS:
             self._probe_ready = ok
             self._update(ready=self._is_ready(self.snapshot().running_since is not None, self.snapshot().started))
@@ -273,7 +296,10 @@ class ContainerRunner(threading.Thread):
             started.set()
             self._update(started=True, ready=self._is_ready(True, started=True))
             return
-        log.warning("pod %s: container %s failed its %s probe, killing it: %s", self._ctx.key, self.container_name, kind, message)
+        log.warning("pod %s: container %s failed its %s probe, killing it: %s", self._ctx.key, self.container_name,
+                    kind, message)
+        self._ctx.record(NORMAL, "Killing", f"Container {self.container_name} failed {kind} probe, will be restarted",
+                         self.container_name)
         probe = self.container.get(f"{kind}Probe") or {}
         grace = probe.get("terminationGracePeriodSeconds")
         process.terminate(self._ctx.grace_s if grace is None else float(grace))

@@ -8,8 +8,8 @@ kubelet-client certificate; this server accepts only clients signed by the clust
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -80,7 +80,7 @@ class _TLSServer(ThreadingHTTPServer):
             return
         connection.settimeout(None)
         try:
-            self.RequestHandlerClass(connection, client_address, self)
+            _Handler(connection, client_address, self)
         finally:
             connection.close()
 
@@ -107,18 +107,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         target = self.server.find(namespace, pod, container, options.previous)
         if target is None:
-            what = "previous terminated container" if options.previous else "container"
-            self._text(404 if not options.previous else 400,
-                       f'{what} "{container}" in pod "{pod}" not found')
+            if options.previous:
+                self._text(400, f'previous terminated container "{container}" in pod "{pod}" not found')
+            else:
+                self._text(404, f'container "{container}" in pod "{pod}" has not started or is not on this node')
             return
         path, live = target
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.end_headers()
-        try:
-            stream_log(path, options, live, self._write)
-        except (BrokenPipeError, ConnectionResetError, socket.timeout, ssl.SSLError):
-            pass
+        with contextlib.suppress(TimeoutError, BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            stream_log(path, options, live, self._write)  # a client going away ends the stream
 
     def _write(self, data: bytes) -> None:
         self.wfile.write(data)

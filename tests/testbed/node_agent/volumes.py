@@ -110,7 +110,7 @@ class PodVolumes:
         return bool((volume.get("persistentVolumeClaim") or {}).get("readOnly"))
 
     def _materialize(self, volume: Json) -> Path:
-        name = volume["name"]
+        name: str = volume["name"]
         if "hostPath" in volume:
             return self._host_path(volume["hostPath"])
         if "persistentVolumeClaim" in volume:
