@@ -51,11 +51,8 @@ test: testbed-up ## Run the whole test suite (unit, integration, end to end) on 
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 .PHONY: demo
-demo: testbed-up ## Bring up the testbed and run a sample Job on it (the operator joins in later)
-	@source .testbed/env && kubectl apply -f examples/hello-job.yaml >/dev/null \
-	  && kubectl wait --for=condition=Complete job/hello --timeout=120s \
-	  && kubectl logs job/hello && kubectl get nodes
-	@echo "The testbed keeps running: 'source .testbed/env' to use kubectl; 'make testbed-down' stops everything."
+demo: operator-up ## The quickstart study end to end: testbed, operator, progress, best parameters
+	@$(PY) -m tests.testbed.demo
 
 .PHONY: lock
 lock: venv ## Re-pin the requirement files from the pyproject files

@@ -22,8 +22,7 @@ from optuna.trial import TrialState
 from hpo_operator import search
 from hpo_operator.models import HpoStudySpec
 
-CHECKPOINT_PATH_ATTR = "checkpoint_path"
-CHECKPOINT_STEP_ATTR = "checkpoint_step"
+CHECKPOINT_ATTR = "checkpoint"  # {"path": ..., "step": ...}, set by hpo-trial at every save
 
 
 @dataclass(frozen=True)
@@ -115,19 +114,17 @@ class StudyStore:
     def running(self) -> list[RunningTrial]:
         """RUNNING trials with the checkpoint each last reported (at most M rows)."""
         rows = self._query(
-            "SELECT t.trial_id, t.number, a.key, a.value_json FROM trials t "
-            "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key IN (:path, :step) "
+            "SELECT t.trial_id, t.number, a.value_json FROM trials t "
+            "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.`key` = :checkpoint "
             "WHERE t.study_id = :study_id AND t.state = 'RUNNING' ORDER BY t.number",
-            path=CHECKPOINT_PATH_ATTR, step=CHECKPOINT_STEP_ATTR,
+            checkpoint=CHECKPOINT_ATTR,
         )
-        trials: dict[int, dict[str, Any]] = {}
-        for trial_id, number, key, value in rows:
-            entry = trials.setdefault(number, {"trial_id": trial_id, "number": number})
-            if key is not None:
-                entry[key] = json.loads(value)
-        return [RunningTrial(trial_id=e["trial_id"], number=e["number"],
-                             checkpoint_path=e.get(CHECKPOINT_PATH_ATTR), checkpoint_step=e.get(CHECKPOINT_STEP_ATTR))
-                for e in trials.values()]
+        trials = []
+        for trial_id, number, value in rows:
+            checkpoint = json.loads(value) if value else {}
+            trials.append(RunningTrial(trial_id=trial_id, number=number, checkpoint_path=checkpoint.get("path"),
+                                       checkpoint_step=checkpoint.get("step")))
+        return trials
 
     def state_of(self, number: int) -> TrialState | None:
         rows = self._query("SELECT state FROM trials WHERE study_id = :study_id AND number = :number", number=number)
