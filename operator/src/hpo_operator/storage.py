@@ -72,6 +72,7 @@ class StudyStore:
         self.study_name = study_name
         self.study_id = self.storage.get_study_id_from_name(study_name)
         self._study: optuna.Study | None = None
+        self._sampler_config: dict[str, Any] | None = None
 
     @staticmethod
     def create(url: str, study_name: str, spec: HpoStudySpec) -> None:
@@ -90,8 +91,9 @@ class StudyStore:
             storage.engine.dispose()
 
     def study(self, spec: HpoStudySpec) -> optuna.Study:
-        """The optuna.Study used to ask; its sampler and pruner are rebuilt from the spec."""
-        if self._study is None:
+        """The optuna.Study used to ask, rebuilt when the spec's sampler changes."""
+        if self._study is None or self._sampler_config != search.sampler_config(spec):
+            self._sampler_config = search.sampler_config(spec)
             self._study = optuna.load_study(study_name=self.study_name, storage=self.storage,
                                             sampler=search.sampler(spec), pruner=search.pruner(spec))
         return self._study
