@@ -123,10 +123,10 @@ def test_suspend_stops_trials_and_resume_finishes_without_losing_or_duplicating(
 def test_deleting_a_running_trial_pod_resumes_it_from_its_checkpoint(
     studies: Studies, objectives: dict[str, Any], kube: client.ApiClient, testbed_env: dict[str, str]
 ) -> None:
-    claim = client.V1PersistentVolumeClaim(
-        metadata=client.V1ObjectMeta(name="ckpt"),
-        spec=client.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteOnce"],
-                                                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"})))
+    size = client.V1VolumeResourceRequirements(requests={"storage": "1Gi"})
+    claim = client.V1PersistentVolumeClaim(metadata=client.V1ObjectMeta(name="ckpt"),
+                                           spec=client.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteOnce"],
+                                                                                   resources=size))
     core = client.CoreV1Api(kube)
     core.create_namespaced_persistent_volume_claim(studies.namespace, claim)
     studies.create("resume", spec(objectives, trials=1, parallelism=1, objective="objectives:slow_with_checkpoints",

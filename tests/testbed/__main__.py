@@ -24,7 +24,8 @@ def main(argv: list[str]) -> int:
     elif command == "supervise":
         return supervisor.run(layout.BIN)
     else:
-        print(f"unknown command {command!r}: use up, down, status, build, operator-up or operator-down", file=sys.stderr)
+        print(f"unknown command {command!r}: use up, down, status, build, operator-up or operator-down",
+              file=sys.stderr)
         return 2
     return 0
 

@@ -13,6 +13,7 @@ writes each one's pid to `.testbed/<name>.pid`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -99,8 +100,9 @@ class Supervisor:
                 if process.pid == pid and process.returncode is None:
                     process.returncode = os.waitstatus_to_exitcode(status)
                     if name in self.processes:
-                        self.write_state(phase="degraded", message=f"{name} exited with code "
-                                                                   f"{process.returncode}; see .testbed/logs/{name}.log")
+                        log = f".testbed/logs/{name}.log"
+                        self.write_state(phase="degraded",
+                                         message=f"{name} exited with code {process.returncode}; see {log}")
 
     def sync_extras(self) -> None:
         """Start each extra in .testbed/services/ that is not running; stop those whose spec is gone."""
@@ -148,10 +150,8 @@ def _kill_adopted_orphans() -> None:
         except OSError:
             continue
         if fields[1] == me:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(stat.parent.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     while True:
         try:
             os.wait()
@@ -173,7 +173,7 @@ def run(bin_dir: Path) -> int:
     except Stop:
         supervisor.stop()
         return 0
-    except Exception as error:  # noqa: BLE001 - recorded for `up`, which prints the log to read
+    except Exception as error:
         failed = str(supervisor.state.get("message", "")).removeprefix("waiting for ")
         supervisor.stop()
         supervisor.write_state(phase="failed", message=f"{error}; see .testbed/logs/{failed}.log")

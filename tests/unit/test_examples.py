@@ -18,7 +18,7 @@ STUDIES = [(path.name, doc) for path in EXAMPLES for doc in yaml.safe_load_all(p
 @pytest.mark.parametrize(("example", "study"), STUDIES, ids=[name for name, _ in STUDIES])
 def test_example_study_is_valid_and_names_no_namespace(example: str, study: dict) -> None:
     assert "namespace" not in study["metadata"], f"{example} should apply to the current namespace"
-    spec, problems = parse(study["spec"])
+    _spec, problems = parse(study["spec"])
     assert problems == [], f"{example}: {problems}"
 
 

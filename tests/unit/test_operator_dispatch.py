@@ -12,7 +12,7 @@ from hpo_operator.outcomes import Outcome, classify, summarise
 from hpo_operator.validation import parse
 
 pytestmark = pytest.mark.unit
-NOW = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.timezone.utc)
+NOW = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC)
 REF = dispatch.TrialRef("team", "mnist", "mnist", "mnist-storage")
 
 

@@ -55,7 +55,7 @@ def new_password() -> str:
     return secrets.token_hex(24)
 
 
-def _connect(server: Server) -> pymysql.connections.Connection:  # type: ignore[type-arg]
+def _connect(server: Server) -> pymysql.connections.Connection:
     try:
         return pymysql.connect(host=server.host, port=server.port, user=server.admin_user,
                                password=server.admin_password, connect_timeout=10, autocommit=True)

@@ -69,7 +69,7 @@ def assignment(spec: HpoStudySpec, ref: TrialRef, number: int, trial_id: int,
 
 
 def _trial_container(pod_spec: dict[str, Any]) -> dict[str, Any]:
-    containers = pod_spec.setdefault("containers", [])
+    containers: list[dict[str, Any]] = pod_spec.setdefault("containers", [])
     named = [c for c in containers if c.get("name") == TRIAL_CONTAINER]
     if named:
         return named[0]

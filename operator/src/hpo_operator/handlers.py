@@ -24,7 +24,7 @@ from hpo_operator.reconcile import StudyLoop, StudyProblem
 from hpo_operator.settings import Settings
 
 SETTINGS = Settings.from_env()
-_wakeups: dict[tuple[str, str], asyncio.Event] = {}
+_wakeups: dict[tuple[str | None, str], asyncio.Event] = {}
 
 
 @kopf.on.startup()
@@ -41,7 +41,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     metrics.serve(SETTINGS.metrics_port)
 
 
-def _wake(key: tuple[str, str]) -> None:
+def _wake(key: tuple[str | None, str]) -> None:
     if (event := _wakeups.get(key)) is not None:
         event.set()
 
@@ -54,27 +54,29 @@ class _QuietWakeups(logging.Filter):
 
 
 @kopf.index("pods", labels={STUDY_LABEL: kopf.PRESENT})
-def trial_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, PodSummary]:
+def trial_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, PodSummary]:
     return {(namespace, labels[STUDY_LABEL]): summarise(dict(body))}
 
 
 @kopf.index("batch", "v1", "jobs", labels={STUDY_LABEL: kopf.PRESENT})
-def trial_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, JobSummary]:
+def trial_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, JobSummary]:
     return {(namespace, labels[STUDY_LABEL]): summarise_job(dict(body))}
 
 
 # Kopf runs event handlers after it has updated the indexes, so the woken pass sees this change.
 @kopf.on.event("pods", labels={STUDY_LABEL: kopf.PRESENT})
 @kopf.on.event("batch", "v1", "jobs", labels={STUDY_LABEL: kopf.PRESENT})
-async def wake_study(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+async def wake_study(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
     """A trial pod or Job changed: run its study's pass now rather than at the next resync."""
     _wake((namespace, labels[STUDY_LABEL]))
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=30)
-async def run_study(name: str, namespace: str, body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped,
-                    logger: logging.Logger, trial_pods: kopf.Index[Any, PodSummary],
-                    trial_jobs: kopf.Index[Any, JobSummary], **_: Any) -> None:
+async def run_study(name: str, namespace: str | None, body: kopf.Body, memo: kopf.Memo,
+                    stopped: kopf.DaemonStopped, logger: kopf.Logger, **kwargs: Any) -> None:
+    assert namespace is not None  # HpoStudy is namespaced
+    trial_pods: kopf.Index[Any, PodSummary] = kwargs["trial_pods"]  # the indexes above, by their names
+    trial_jobs: kopf.Index[Any, JobSummary] = kwargs["trial_jobs"]
     key = (namespace, label_value(name))
     wake = _wakeups.setdefault(key, asyncio.Event())
     memo.loop = loop = StudyLoop(namespace, name, SETTINGS, logger=logger)
@@ -102,14 +104,15 @@ async def _sleep_until(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def spec_changed(name: str, namespace: str, **_: Any) -> None:
+async def spec_changed(name: str, namespace: str | None, **_: Any) -> None:
     """Parallelism, budget or suspend changed: apply it now."""
     _wake((namespace, label_value(name)))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-def delete_study(name: str, namespace: str, spec: kopf.Spec, memo: kopf.Memo, logger: logging.Logger,
+def delete_study(name: str, namespace: str | None, spec: kopf.Spec, memo: kopf.Memo, logger: kopf.Logger,
                  **_: Any) -> None:
+    assert namespace is not None
     parsed, _problems = validation.parse(dict(spec))
     loop: StudyLoop = memo.get("loop") or StudyLoop(namespace, name, SETTINGS)
     if parsed is None:

@@ -7,11 +7,11 @@ what is gone is success, not an error.
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client import ApiException
 
 from hpo_operator.models import GROUP, PLURAL, VERSION
 
@@ -23,22 +23,23 @@ def api() -> client.ApiClient:
     global _api
     if _api is None:
         try:
-            config.load_incluster_config()
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
         except config.ConfigException:
-            config.load_kube_config()
+            config.load_kube_config()  # type: ignore[no-untyped-call]
         _api = client.ApiClient()
     return _api
 
 
 def create_owned(manifest: dict[str, Any], owner: dict[str, Any]) -> None:
     """Create a namespaced object owned by the study (garbage-collected with it); exists is fine."""
-    kopf.adopt(manifest, owner=owner)
+    kopf.adopt(manifest, owner=kopf.Body(cast(kopf.RawBody, owner)))
     namespace = manifest["metadata"]["namespace"]
     try:
+        body: Any = manifest  # the client accepts plain manifests as well as its model objects
         if manifest["kind"] == "Job":
-            client.BatchV1Api(api()).create_namespaced_job(namespace, manifest)
+            client.BatchV1Api(api()).create_namespaced_job(namespace, body)
         elif manifest["kind"] == "Secret":
-            client.CoreV1Api(api()).create_namespaced_secret(namespace, manifest)
+            client.CoreV1Api(api()).create_namespaced_secret(namespace, body)
         else:
             raise ValueError(f"create_owned does not handle {manifest['kind']}")
     except ApiException as error:
@@ -52,6 +53,11 @@ def delete_job(namespace: str, name: str) -> None:
     except ApiException as error:
         if error.status != 404:
             raise
+
+
+def event(body: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
+    """Post an Event on the study (Kopf queues it; safe from the study's worker thread)."""
+    (kopf.warn if warning else kopf.info)(kopf.Body(cast(kopf.RawBody, body)), reason=reason, message=message)
 
 
 def read_secret(namespace: str, name: str) -> dict[str, str] | None:

@@ -6,7 +6,7 @@ schema cannot express (low < high, ...). Field names are camelCase on the wire, 
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +27,7 @@ class Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
-class Direction(str, Enum):
+class Direction(StrEnum):
     MINIMIZE = "minimize"
     MAXIMIZE = "maximize"
 
@@ -45,7 +45,7 @@ class Objective(Model):
     )
 
 
-class ParameterType(str, Enum):
+class ParameterType(StrEnum):
     FLOAT = "float"
     INT = "int"
     CATEGORICAL = "categorical"
@@ -65,7 +65,7 @@ class Parameter(Model):
     )
 
 
-class SamplerName(str, Enum):
+class SamplerName(StrEnum):
     TPE = "tpe"
     RANDOM = "random"
     CMAES = "cmaes"
@@ -84,7 +84,7 @@ class Sampler(Model):
     )
 
 
-class PrunerName(str, Enum):
+class PrunerName(StrEnum):
     NONE = "none"
     MEDIAN = "median"
     PERCENTILE = "percentile"
@@ -116,12 +116,12 @@ class Budget(Model):
     )
 
 
-class EndPolicy(str, Enum):
+class EndPolicy(StrEnum):
     DRAIN = "Drain"
     KILL = "Kill"
 
 
-class DeletionPolicy(str, Enum):
+class DeletionPolicy(StrEnum):
     RETAIN = "Retain"
     DELETE = "Delete"
 
@@ -187,7 +187,7 @@ class HpoStudySpec(Model):
     suspend: bool = Field(default=False, description="Stop dispatching and stop running trials (checkpoints kept).")
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
     SUSPENDED = "Suspended"

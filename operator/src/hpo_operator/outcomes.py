@@ -57,7 +57,7 @@ class PodSummary:
 
 def parse_time(value: str | None) -> datetime.datetime:
     if not value:
-        return datetime.datetime.now(datetime.timezone.utc)
+        return datetime.datetime.now(datetime.UTC)
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 

@@ -14,8 +14,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import kopf
-
 from hpo_operator import database, dispatch, kube, metrics, search, validation
 from hpo_operator import status as st
 from hpo_operator.models import DeletionPolicy, EndPolicy, HpoStudySpec, Phase
@@ -23,6 +21,7 @@ from hpo_operator.outcomes import JobSummary, Outcome, PodSummary, Verdict, clas
 from hpo_operator.settings import Settings
 from hpo_operator.storage import FinishedTrial, RunningTrial, StudyStore, pareto_front
 
+_logger = logging.getLogger(__name__)
 OUTCOMES_ATTR = "hpo:outcomes"  # per trial: the verdict of each attempt, so retries survive restarts
 
 
@@ -42,7 +41,8 @@ class StudyLoop:
     pareto: list[FinishedTrial] | None = None
     previous_running: set[int] = field(default_factory=set)
     reported_problems: str = ""
-    logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = logging.getLogger(__name__)
+    last_status: dict[str, Any] | None = None
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = field(default_factory=lambda: _logger)
 
     @property
     def secret_name(self) -> str:
@@ -110,7 +110,7 @@ class StudyLoop:
                                 st.ConditionUpdate(st.DATABASE_READY, False, st.REASON_DATABASE_ERROR, str(error))],
                 ), raw_status.get("conditions", [])))
                 raise StudyProblem(str(error)) from error
-            kopf.info(body, reason="DatabaseReady", message=f"Optuna study ready in database "
+            kube.event(body, reason="DatabaseReady", message=f"Optuna study ready in database "
                                                             f"{database.names_for(self.namespace, self.name)}")
         self.step(body, spec, pods, jobs, generation, raw_status)
 
@@ -118,7 +118,7 @@ class StudyLoop:
                raw_status: dict[str, Any]) -> None:
         message = "; ".join(str(p) for p in problems)
         if message != self.reported_problems:
-            kopf.warn(body, reason="InvalidSpec", message=message)
+            kube.event(body, reason="InvalidSpec", message=message, warning=True)
             self.reported_problems = message
         budget = (body.get("spec") or {}).get("budget")
         total = budget.get("trials") if isinstance(budget, dict) else None
@@ -131,7 +131,7 @@ class StudyLoop:
              generation: int | None, raw_status: dict[str, Any]) -> None:
         assert self.store is not None
         store = self.store
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         started_at = raw_status.get("startedAt") or st.now()
         live = {p.trial for p in pods if not p.terminal}
         running = store.running()
@@ -161,8 +161,9 @@ class StudyLoop:
         counts = store.counts()
         running = store.running()
         phase, message, conditions = self.phase(spec, counts, ended, end_reason, bool(live), bool(running))
-        self.write_status(body, spec, generation, raw_status, phase, message, conditions, started_at,
-                          attempts, running)
+        self.write_status(body, spec, raw_status, st.Facts(
+            phase, message, spec.budget.trials, generation, counts=counts, running=running, attempts=attempts,
+            conditions=conditions, optuna_study=self.name, started_at=started_at))
 
     def ended(self, spec: HpoStudySpec, failed: int, started_at: str, now: datetime.datetime) -> tuple[bool, str]:
         if self.stalled(spec, failed):
@@ -195,20 +196,20 @@ class StudyLoop:
         crashes = outcomes.count(Outcome.CRASHED.value)
         if verdict.outcome is Outcome.PREEMPTED and not ended:
             kube.delete_job(self.namespace, job.name)
-            kopf.info(body, reason="TrialRequeued", message=f"trial {trial.number}: {verdict.reason}; "
+            kube.event(body, reason="TrialRequeued", message=f"trial {trial.number}: {verdict.reason}; "
                                                            "running it again from its checkpoint")
             self.start_attempt(body, spec, store, trial.number, trial.trial_id, job.attempt + 1)
         elif verdict.outcome is Outcome.CRASHED and crashes <= spec.budget.retries_per_trial and not ended:
-            kopf.warn(body, reason="TrialRetried", message=f"trial {trial.number} attempt {job.attempt}: "
-                                                          f"{verdict.reason}; retry {crashes} of "
-                                                          f"{spec.budget.retries_per_trial}")
+            kube.event(body, reason="TrialRetried", warning=True,
+                       message=f"trial {trial.number} attempt {job.attempt}: {verdict.reason}; "
+                               f"retry {crashes} of {spec.budget.retries_per_trial}")
             self.start_attempt(body, spec, store, trial.number, trial.trial_id, job.attempt + 1)
         else:
             if verdict.outcome is Outcome.NEVER_STARTED:
                 kube.delete_job(self.namespace, job.name)
             store.fail(trial.number, verdict.reason)
             metrics.TRIALS.labels(state="failed").inc()
-            kopf.warn(body, reason="TrialFailed", message=f"trial {trial.number}: {verdict.reason}")
+            kube.event(body, reason="TrialFailed", message=f"trial {trial.number}: {verdict.reason}", warning=True)
 
     def verdict(self, spec: HpoStudySpec, job: JobSummary, pod: PodSummary | None,
                 now: datetime.datetime) -> Verdict:
@@ -216,9 +217,10 @@ class StudyLoop:
             return classify(pod, now, spec.budget.start_timeout_seconds)
         if job.failed:
             return Verdict(Outcome.PREEMPTED, "the trial pod was removed")
-        if (now - job.created).total_seconds() > spec.budget.start_timeout_seconds:
-            return Verdict(Outcome.NEVER_STARTED, f"the Job made no pod within "
-                                                  f"{spec.budget.start_timeout_seconds}s: {job.message or 'see its events'}")
+        timeout = spec.budget.start_timeout_seconds
+        if (now - job.created).total_seconds() > timeout:
+            why = job.message or "see the Job's events"
+            return Verdict(Outcome.NEVER_STARTED, f"the Job made no pod within {timeout}s: {why}")
         return Verdict(Outcome.ACTIVE)
 
     def start_attempt(self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, number: int,
@@ -238,7 +240,7 @@ class StudyLoop:
                 trial = store.ask(spec, declared)
                 self.start_attempt(body, spec, store, trial.number, trial._trial_id, 0)
             metrics.TRIALS.labels(state="started").inc()
-            kopf.info(body, reason="TrialStarted", message=f"trial {trial.number}: {trial.params}")
+            kube.event(body, reason="TrialStarted", message=f"trial {trial.number}: {trial.params}")
 
     def clean_up(self, jobs: list[JobSummary], running: set[int], live: set[int]) -> None:
         """Delete Jobs of finished trials once their pods ended; keep the last few failed attempts."""
@@ -269,13 +271,11 @@ class StudyLoop:
         conditions.append(st.ConditionUpdate(st.FINISHED, True, reason, end_reason))
         return Phase.SUCCEEDED, end_reason or f"all {spec.budget.trials} trials finished", conditions
 
-    def write_status(self, body: dict[str, Any], spec: HpoStudySpec, generation: int | None,
-                     raw_status: dict[str, Any], phase: Phase, message: str, conditions: list[st.ConditionUpdate],
-                     started_at: str, attempts: dict[int, int], running: list[RunningTrial]) -> None:
+    def write_status(self, body: dict[str, Any], spec: HpoStudySpec, raw_status: dict[str, Any],
+                     facts: st.Facts) -> None:
+        """Add the best trial (or Pareto front) and checkpoint record, post Events, write if changed."""
         assert self.store is not None
-        counts = self.store.counts()
-        facts = st.Facts(phase, message, spec.budget.trials, generation, counts=counts, running=running,
-                         attempts=attempts, conditions=conditions, optuna_study=self.name, started_at=started_at)
+        counts, running, phase, message = facts.counts, facts.running, facts.phase, facts.message
         multi = len(spec.objective.directions) > 1
         if multi:
             facts.pareto = self.update_pareto(spec, running)
@@ -283,18 +283,21 @@ class StudyLoop:
             facts.best = self.store.best()
             if facts.best is not None and facts.best.number != self.best_number:
                 if self.best_number is not None or raw_status.get("bestTrial") is None:
-                    kopf.info(body, reason="NewBest", message=f"trial {facts.best.number}: value "
+                    kube.event(body, reason="NewBest", message=f"trial {facts.best.number}: value "
                                                               f"{facts.best.values[0]!r} {facts.best.params}")
                 self.best_number = facts.best.number
         facts.checkpoint = self.checkpoint(spec, counts.finished, raw_status.get("checkpoint"))
         if phase is Phase.SUCCEEDED and raw_status.get("phase") != Phase.SUCCEEDED.value:
-            kopf.info(body, reason="StudyFinished", message=message)
+            kube.event(body, reason="StudyFinished", message=message)
         metrics.STUDY_TRIALS.labels(self.namespace, self.name, "complete").set(counts.complete)
         metrics.STUDY_TRIALS.labels(self.namespace, self.name, "pruned").set(counts.pruned)
         metrics.STUDY_TRIALS.labels(self.namespace, self.name, "failed").set(counts.failed)
         metrics.STUDY_TRIALS.labels(self.namespace, self.name, "running").set(counts.running)
         self.previous_running = {r.number for r in running}
-        kube.patch_status(self.namespace, self.name, st.render(facts, raw_status.get("conditions", [])))
+        patch = st.render(facts, raw_status.get("conditions", []))
+        if patch != self.last_status:
+            kube.patch_status(self.namespace, self.name, patch)
+            self.last_status = patch
 
     def update_pareto(self, spec: HpoStudySpec, running: list[RunningTrial]) -> list[FinishedTrial]:
         """Keep the Pareto front incrementally: read only the trials that finished since the last pass."""

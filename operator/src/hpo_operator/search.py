@@ -60,7 +60,7 @@ def grid(spec: HpoStudySpec) -> dict[str, list[Any]]:
             continue
         assert parameter.low is not None and parameter.high is not None
         step = parameter.step or 1
-        count = int(round((parameter.high - parameter.low) / step)) + 1
+        count = round((parameter.high - parameter.low) / step) + 1
         values = (parameter.low + i * step for i in range(count))
         space[name] = [int(v) if parameter.type is ParameterType.INT else v for v in values]
     return space

@@ -8,6 +8,7 @@ finished trials. Only the sampler's `ask` reads the history, as it must.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -83,10 +84,11 @@ class StudyStore:
                                         directions=[d.value for d in spec.objective.directions])
             if spec.objective.metrics and study.metric_names is None:
                 study.set_metric_names(spec.objective.metrics)
-            if spec.warm_start and not study.system_attrs.get("hpo:warm_start_enqueued"):
+            study_id = storage.get_study_id_from_name(study_name)
+            if spec.warm_start and not storage.get_study_system_attrs(study_id).get("hpo:warm_start_enqueued"):
                 for params in spec.warm_start:
                     study.enqueue_trial(params, skip_if_exists=True)
-                storage.set_study_system_attr(study._study_id, "hpo:warm_start_enqueued", True)
+                storage.set_study_system_attr(study_id, "hpo:warm_start_enqueued", True)
         finally:
             storage.engine.dispose()
 
@@ -102,9 +104,10 @@ class StudyStore:
         self._study = None
         self.storage.engine.dispose()
 
-    def _query(self, sql: str, **params: Any) -> list[sqlalchemy.Row[Any]]:
+    def _query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         with self.storage.engine.connect() as connection:
-            return list(connection.execute(sqlalchemy.text(sql), {"study_id": self.study_id, **params}))
+            result = connection.execute(sqlalchemy.text(sql), {"study_id": self.study_id, **params})
+            return [tuple(row) for row in result]
 
     def counts(self) -> Counts:
         rows = self._query("SELECT state, COUNT(*) FROM trials WHERE study_id = :study_id GROUP BY state")
@@ -179,10 +182,8 @@ class StudyStore:
         """Mark a trial FAIL with its reason, unless its pod already told a result."""
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
         self.storage.set_trial_user_attr(trial_id, "failure_reason", reason[:1000])
-        try:
+        with contextlib.suppress(RuntimeError):  # already finished: the pod's own result stands
             self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        except RuntimeError:
-            pass  # already finished: the pod's own result stands
 
 
 def is_better(values: tuple[float, ...], than: tuple[float, ...], minimize: list[bool]) -> bool:

@@ -57,8 +57,8 @@ def _parameter(name: str, parameter: Parameter) -> list[Problem]:
         return [Problem(f"{where}.choices", f"choices must be strings, numbers or booleans, not {odd[0]!r}")] \
             if odd else []
     if parameter.choices:
-        return [Problem(f"{where}.choices", f"choices apply to categorical parameters; remove them or set "
-                                            f"type: categorical")]
+        return [Problem(f"{where}.choices", "choices apply to categorical parameters; remove them or set "
+                                            "type: categorical")]
     if parameter.low is None or parameter.high is None:
         return [Problem(where, f"a {parameter.type.value} parameter needs both low and high")]
     low, high, step = parameter.low, parameter.high, parameter.step
@@ -105,7 +105,7 @@ def _sampler(spec: HpoStudySpec) -> list[Problem]:
     reserved = sorted(search.RESERVED_SAMPLER_OPTIONS & set(options))
     if reserved:
         return [Problem(f"spec.sampler.options.{reserved[0]}",
-                        f"set by the operator (use spec.sampler.seed, spec.searchSpace); remove it")]
+                        "set by the operator (use spec.sampler.seed, spec.searchSpace); remove it")]
     unknown = search.unknown_options(class_name, optuna.samplers, options)
     if unknown:
         return [Problem(f"spec.sampler.options.{unknown[0]}",
