@@ -47,7 +47,7 @@ testbed-status: ## Show whether each testbed process runs, and the node
 	@$(PY) -m tests.testbed status
 
 .PHONY: test
-test: testbed-up ## Run the whole test suite (unit, integration, end to end) on the testbed
+test: checks testbed-up ## Lint, type-check, then run every test tier (unit, integration, end to end) on the testbed
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 .PHONY: demo
@@ -71,3 +71,8 @@ operator-up: testbed-up ## Start the operator against the testbed (idempotent; l
 .PHONY: operator-down
 operator-down: ## Stop the operator started by operator-up
 	@$(PY) -m tests.testbed operator-down
+
+.PHONY: checks
+checks: venv ## Lint (ruff) and type-check (mypy strict) the operator and the trial runtime
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/mypy operator/src/hpo_operator trial-image/src/hpo_trial

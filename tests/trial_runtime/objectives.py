@@ -13,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import hpo_trial
 import optuna
+
+import hpo_trial
 
 NOT_CALLABLE = 42
 """Named by a test as an objective that is not a function."""

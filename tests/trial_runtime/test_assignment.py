@@ -8,6 +8,7 @@ from typing import Any
 
 import optuna
 import pytest
+
 from hpo_trial.assignment import Assignment, ComponentSpec, TrialRef, identify_trial, parse_assignment
 from hpo_trial.attach import build_pruner, build_sampler
 from hpo_trial.errors import ConfigurationError

@@ -6,10 +6,11 @@ import logging
 import tempfile
 from pathlib import Path
 
-import hpo_trial
 import optuna
 import pytest
 import torch
+
+import hpo_trial
 from hpo_trial.checkpoint import checkpoint_directory, latest_step
 
 pytestmark = pytest.mark.unit

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from hpo_trial.errors import ConfigurationError, ObjectiveError, StorageUnavailableError
 from hpo_trial.logs import configure_logging, redact
 from hpo_trial.outcome import ExitCode, Outcome, describe_exception, values_from_result, write_termination_message
