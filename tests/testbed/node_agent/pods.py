@@ -158,8 +158,9 @@ class PodWorker(threading.Thread):
         if kind == DELETED:
             self._finish_deletion()
         elif kind == GONE:
-            log.info("pod %s: deleted from the API, stopping what is left", self.key)
-            self._end_run(min(self._ctx.grace_s, GONE_GRACE_S), None, publish=False)
+            if self._active:
+                log.info("pod %s: deleted from the API while running, stopping it", self.key)
+                self._end_run(min(self._ctx.grace_s, GONE_GRACE_S), None, publish=False)
             self._remove_files()
         elif kind == STOP and self._active:
             self._disrupted = True
