@@ -16,8 +16,12 @@ TIMEOUT = 900
 
 
 def kubectl(*args: str) -> str:
-    return subprocess.run([str(layout.BIN / "kubectl"), "--kubeconfig", str(cluster.KUBECONFIG), *args],
-                          check=True, capture_output=True, text=True).stdout
+    result = subprocess.run([str(layout.BIN / "kubectl"), "--kubeconfig", str(cluster.KUBECONFIG), *args],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}\n"
+                         "Is the testbed still up? `make testbed-status` tells; `make demo` picks up where it was.")
+    return result.stdout
 
 
 def main() -> None:
@@ -25,12 +29,13 @@ def main() -> None:
     print("progress (kubectl get hpostudies quickstart):", flush=True)
     shown, deadline = "", time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        line = kubectl("get", "hpostudies", "quickstart", "--no-headers")
-        if line != shown:
+        line = kubectl("get", "hpostudies", "quickstart", "--no-headers").strip()
+        progress = line.rsplit(None, 1)[0]  # everything but AGE, which changes every second
+        if progress != shown:
             if not shown:
                 print("  " + kubectl("get", "hpostudies", "quickstart").splitlines()[0], flush=True)
-            print("  " + line.strip(), flush=True)
-            shown = line
+            print("  " + line, flush=True)
+            shown = progress
         status = json.loads(kubectl("get", "hpostudies", "quickstart", "-o", "json")).get("status", {})
         if status.get("phase") in ("Succeeded", "Failed"):
             break
