@@ -159,13 +159,17 @@ def test_a_job_runs_to_complete_with_the_declared_environment_and_nothing_else(
 
 
 def test_a_failing_command_fails_the_pod_with_its_exit_code_and_termination_message(cluster: Cluster) -> None:
-    command = ["sh", "-c", "echo 'disk quota exceeded' > /dev/termination-log; exit 3"]
-    cluster.create("Pod", pod_manifest("exits-3", command))
+    manifest = pod_manifest("exits-3", ["sh", "-c", "echo 'disk quota exceeded' > /dev/termination-log; exit 3"])
+    manifest["spec"]["containers"].append({
+        "name": "logs-only", "image": "busybox", "command": ["sh", "-c", "echo 'out of patience'; exit 1"],
+        "terminationMessagePolicy": "FallbackToLogsOnError"})
+    cluster.create("Pod", manifest)
     pod = cluster.await_phase("exits-3", "Failed")
-    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert (terminated["exitCode"], terminated["reason"]) == (3, "Error")
-    assert terminated["message"] == "disk quota exceeded\n"
-    assert terminated["startedAt"] <= terminated["finishedAt"]
+    ended = {status["name"]: status["state"]["terminated"] for status in pod["status"]["containerStatuses"]}
+    assert (ended["main"]["exitCode"], ended["main"]["reason"]) == (3, "Error")
+    assert ended["main"]["message"] == "disk quota exceeded\n"
+    assert ended["main"]["startedAt"] <= ended["main"]["finishedAt"]
+    assert (ended["logs-only"]["exitCode"], ended["logs-only"]["message"]) == (1, "out of patience\n")
 
 
 def test_a_pod_reads_a_secret_from_its_environment_and_a_read_only_volume(cluster: Cluster) -> None:

@@ -202,12 +202,11 @@ class ContainerRunner(threading.Thread):
                          f"{pod['name']}_{pod['namespace']}({pod['uid']})", self.container_name)
         self._stopping.wait(delay_s)
 
-    def _launch_spec(self) -> LaunchSpec:
+    def _launch_spec(self, files: RunFiles) -> LaunchSpec:
         ctx, settings = self._ctx, self._ctx.settings
         env = declared_env(ctx.pod, self.container, ctx.objects, service_env(settings.api_host, settings.api_port),
                            settings.allocatable, settings.host_ip)
         mounts = volume_mounts(self.container, ctx.volumes, ctx.read_only, env)
-        files = RunFiles(self._directory, self._runs)
         return LaunchSpec(argv=container_command(self.container, env),
                           env={**image_env(settings, ctx.pod), **env},
                           working_dir=self.container.get("workingDir") or "/",
@@ -215,8 +214,9 @@ class ContainerRunner(threading.Thread):
 
     def _run_once(self) -> tuple[Terminated, float] | None:
         """One run, from launch to exit; None if the container's config cannot be resolved yet."""
+        files = RunFiles(self._directory, self._runs)
         try:
-            spec = self._launch_spec()
+            spec = self._launch_spec(files)
         except ContainerConfigError as error:
             if self.snapshot().waiting != ("CreateContainerConfigError", str(error)):
                 self._ctx.record(WARNING, "Failed", f"Error: {error}", self.container_name)
@@ -225,7 +225,6 @@ class ContainerRunner(threading.Thread):
         with self._lock:
             if self._stopping.is_set():
                 return None
-            files = RunFiles(self._directory, self._runs)
             process = self._process = launch(spec, files, self._ctx.pod_log, self.container_name)
             self._spec = spec
             self._runs += 1
