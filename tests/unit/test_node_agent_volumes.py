@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -72,6 +73,22 @@ def test_the_service_account_volume_is_projected_with_a_bound_token(tmp_path: Pa
     assert "kube-api-access" in volumes.read_only
     volumes.refresh_tokens()
     assert len(kube.token_requests) == 1, "a fresh token is not refreshed"
+
+
+def test_a_token_is_replaced_when_80_percent_of_its_life_has_passed(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    kube = FakeKube()
+    token = {"name": "t", "projected": {"sources": [{"serviceAccountToken": {"expirationSeconds": 1000,
+                                                                             "audience": "vault", "path": "jwt"}}]}}
+    volumes, paths = render(kube, tmp_path, [token])
+    began = time.time()
+    monkeypatch.setattr(time, "time", lambda: began + 790)
+    volumes.refresh_tokens()
+    assert (paths["t"] / "jwt").read_text() == "token-1"
+    monkeypatch.setattr(time, "time", lambda: began + 810)
+    volumes.refresh_tokens()
+    assert (paths["t"] / "jwt").read_text() == "token-2"
+    assert kube.token_requests == [("vault", 1000), ("vault", 1000)]
 
 
 def test_the_kube_root_ca_is_awaited(tmp_path: Path) -> None:

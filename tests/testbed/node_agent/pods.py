@@ -48,6 +48,7 @@ GONE_GRACE_S = 2.0
 GONE, STOP, DELETED, DEADLINE = "gone", "stop", "deleted", "deadline"
 
 NO_COMMAND = "NoCommand"
+SIDECAR_UNSUPPORTED = "SidecarUnsupported"
 DEADLINE_EXCEEDED = ("DeadlineExceeded", "Pod was active on the node longer than the specified deadline")
 AGENT_RESTARTED = ("NodeAgentRestarted", "The node agent restarted and no longer has this pod's processes")
 AGENT_SHUTDOWN = ("Terminated", "Pod was terminated in response to the node agent shutting down.")
@@ -69,6 +70,17 @@ class AgentServices:
     settings: AgentSettings
     events: EventRecorder
     forget: Callable[[PodWorker], None]
+
+
+def unrunnable(container: Json, init: bool) -> tuple[str, str] | None:
+    """Why a container cannot run on this node at all, as (reason, message); None if it can."""
+    name = container["name"]
+    if not container.get("command"):
+        return NO_COMMAND, (f'container "{name}" has no command: the testbed runs commands as local processes, '
+                            "not images; set `command` in the container spec")
+    if init and container.get("restartPolicy") == "Always":
+        return SIDECAR_UNSUPPORTED, f'init container "{name}" is a sidecar (restartPolicy Always): not supported here'
+    return None
 
 
 def is_terminal(pod: Json) -> bool:
@@ -190,9 +202,10 @@ class PodWorker(threading.Thread):
         self._start_time = self._start_time or now_rfc3339()
         log.info("pod %s: starting", self.key)
         self._publish()
-        commandless = [runner for runner in [*self._inits, *self._mains] if not runner.container.get("command")]
-        if commandless:
-            self._refuse(commandless)
+        refusals = [(runner, why) for runner in [*self._inits, *self._mains]
+                    if (why := unrunnable(runner.container, runner.init))]
+        if refusals:
+            self._refuse(refusals)
             return
         self._prepare_sandbox()
         if all(self._run_to_end([init]) for init in self._inits):
@@ -208,16 +221,14 @@ class PodWorker(threading.Thread):
         self._wait(lambda: all(runner.finished for runner in runners))
         return all(runner.succeeded for runner in runners)
 
-    def _refuse(self, commandless: list[ContainerRunner]) -> None:
-        for runner in commandless:
-            message = (f'container "{runner.container_name}" has no command: the testbed runs commands as local '
-                       "processes, not images; set `command` in the container spec")
-            runner.mark_unrunnable(NO_COMMAND, message)
-        names = ", ".join(runner.container_name for runner in commandless)
-        self._verdict = (NO_COMMAND, f"the testbed cannot run image entrypoints; without a command: {names}")
+    def _refuse(self, refusals: list[tuple[ContainerRunner, tuple[str, str]]]) -> None:
+        """Fail the pod before anything runs: some container cannot run on this node at all."""
+        for runner, (reason, message) in refusals:
+            runner.mark_unrunnable(reason, message)
+        self._verdict = refusals[0][1]
         self._active, self._terminal = False, True
         self._publish()
-        log.warning("pod %s: failed, a container has no command", self.key)
+        log.warning("pod %s: failed before starting: %s", self.key, self._verdict[1])
         self._ctx.record(WARNING, *self._verdict)
 
     def _prepare_sandbox(self) -> None:
