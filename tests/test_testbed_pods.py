@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -58,23 +58,30 @@ class Cluster:
         return self.json(create(self.namespace, model.model_validate({"kind": kind, **manifest})))
 
     def json(self, obj: Any) -> Json:
-        return cast(Json, self.kube.sanitize_for_serialization(obj))
+        return cast(Json, self.kube.sanitize_for_serialization(obj))  # type: ignore[no-untyped-call]
 
     def pod(self, name: str) -> Json:
         return self.json(self.core.read_namespaced_pod(name, self.namespace))
+
+    def watch_pod(self, name: str, resource_version: str, timeout: int) -> Iterator[tuple[str, Json]]:
+        """(event type, pod) for one pod name after ``resource_version``, until the consumer stops or time runs out."""
+        stream = watch.Watch()  # type: ignore[no-untyped-call]
+        events = stream.stream(  # type: ignore[no-untyped-call]
+            self.core.list_namespaced_pod, self.namespace, timeout_seconds=timeout,
+            field_selector=f"metadata.name={name}", resource_version=resource_version)
+        try:
+            for event in events:
+                yield event["type"], self.json(event["object"])
+        finally:
+            stream.stop()  # type: ignore[no-untyped-call]
 
     def await_pod(self, name: str, predicate: Callable[[Json], bool], timeout: int, what: str) -> Json:
         """Watch one pod until ``predicate(pod)`` holds."""
         current = self.pod(name)
         if predicate(current):
             return current
-        stream = watch.Watch()
-        for event in stream.stream(self.core.list_namespaced_pod, self.namespace, timeout_seconds=timeout,
-                                   field_selector=f"metadata.name={name}",
-                                   resource_version=current["metadata"]["resourceVersion"]):
-            pod = self.json(event["object"])
-            if event["type"] != "DELETED" and predicate(pod):
-                stream.stop()
+        for kind, pod in self.watch_pod(name, current["metadata"]["resourceVersion"], timeout):
+            if kind != "DELETED" and predicate(pod):
                 return pod
         raise AssertionError(f"timed out after {timeout}s waiting for pod {name} to {what}; "
                              f"status: {self.pod(name).get('status')}")
@@ -84,13 +91,9 @@ class Cluster:
 
     def await_deleted(self, pod: Json, timeout: int) -> None:
         """Watch until this pod (this UID) is deleted from the API."""
-        stream = watch.Watch()
         metadata = pod["metadata"]
-        for event in stream.stream(self.core.list_namespaced_pod, self.namespace, timeout_seconds=timeout,
-                                   field_selector=f"metadata.name={metadata['name']}",
-                                   resource_version=metadata["resourceVersion"]):
-            if event["type"] == "DELETED" and self.json(event["object"])["metadata"]["uid"] == metadata["uid"]:
-                stream.stop()
+        for kind, seen in self.watch_pod(metadata["name"], metadata["resourceVersion"], timeout):
+            if kind == "DELETED" and seen["metadata"]["uid"] == metadata["uid"]:
                 return
         raise AssertionError(f"timed out after {timeout}s waiting for pod {metadata['name']} to be deleted")
 

@@ -48,7 +48,8 @@ class Kube:
     """The API calls of one node identity."""
 
     def __init__(self, kubeconfig: str, node_name: str) -> None:
-        self.api_client = config.new_client_from_config(config_file=kubeconfig)
+        self.api_client: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig)
         self.node_name = node_name
         self.core = client.CoreV1Api(self.api_client)
         self.coordination = client.CoordinationV1Api(self.api_client)
