@@ -36,3 +36,9 @@ def slow_with_checkpoints(trial: optuna.Trial) -> float:
         time.sleep(1)
         checkpoint.save(step, {"x": x})
     return (x - 2) ** 2
+
+
+def crash(trial: optuna.Trial) -> float:
+    """Dies like a segfault or OOM kill would: no result is told, the process just ends."""
+    trial.suggest_float("x", -5, 5)
+    os._exit(5)

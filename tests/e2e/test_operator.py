@@ -193,3 +193,63 @@ def test_deletion_drops_the_database_only_under_policy_delete_and_lookalike_name
                          password=server.admin_password) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT COUNT(*) FROM mysql.user WHERE user = %s", (dropped,))
         assert cursor.fetchone() == (0,)
+
+
+def test_a_running_study_refuses_immutable_edits_and_continues_when_its_budget_grows(
+    studies: Studies, objectives: dict[str, Any]
+) -> None:
+    studies.create("grow", spec(objectives, trials=2, parallelism=2))
+    studies.wait_phase("grow", "Succeeded")
+    with pytest.raises(client.ApiException) as refused:
+        studies.patch("grow", {"objective": {"directions": ["maximize"]}})
+    assert refused.value.status == 422
+    assert "spec.objective cannot change once the study has started" in str(refused.value.body)
+
+    studies.patch("grow", {"budget": {"trials": 3}})
+    done = studies.wait("grow", lambda s: (s.get("status") or {}).get("progress") == "3/3"
+                        and s["status"]["phase"] == "Succeeded", 120, "finish its third trial")
+    assert done["status"]["trials"]["complete"] == 3
+    assert len(studies.optuna_study("grow").trials) == 3
+
+
+def test_crashes_are_retried_then_failed_and_too_many_failures_fail_the_study(
+    studies: Studies, objectives: dict[str, Any]
+) -> None:
+    studies.create("crashy", spec(objectives, trials=3, parallelism=1, objective="objectives:crash",
+                                  budget={"trials": 3, "parallelism": 1, "retriesPerTrial": 1,
+                                          "maxFailedTrials": 0}))
+    failed = studies.wait_phase("crashy", "Failed", 120)
+    assert "more than spec.budget.maxFailedTrials" in failed["status"]["message"]
+    trial = studies.optuna_study("crashy").trials[0]
+    assert trial.state is optuna.trial.TrialState.FAIL
+    assert "exit code 5" in trial.user_attrs["failure_reason"]
+    assert trial.system_attrs["hpo:outcomes"] == ["crashed", "crashed"], "one retry, then FAIL"
+    assert len(studies.optuna_study("crashy").trials) == 1, "no new trial after the study failed"
+    assert any(e.reason == "TrialRetried" for e in studies.events("crashy"))
+
+
+def test_a_trial_pod_that_cannot_be_scheduled_fails_with_the_reason(
+    studies: Studies, objectives: dict[str, Any]
+) -> None:
+    template = {**objectives}
+    template["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 99}}
+    studies.create("greedy", spec(template, trials=1, parallelism=1,
+                                  budget={"trials": 1, "parallelism": 1, "startTimeoutSeconds": 10}))
+    done = studies.wait_phase("greedy", "Succeeded", 90)
+    assert done["status"]["trials"]["failed"] == 1
+    reason = studies.optuna_study("greedy").trials[0].user_attrs["failure_reason"]
+    assert "did not start within 10s" in reason and "nvidia.com/gpu" in reason
+
+
+def test_metrics_count_trials_by_state(studies: Studies, objectives: dict[str, Any]) -> None:
+    import urllib.request
+
+    from tests.testbed.operator import METRICS_PORT
+
+    studies.create("counted", spec(objectives, trials=2, parallelism=2))
+    studies.wait_phase("counted", "Succeeded")
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    line = f'hpo_study_trials{{namespace="{studies.namespace}",state="complete",study="counted"}} 2.0'
+    assert line in text
+    assert "hpo_dispatch_seconds_count" in text and "hpo_reconcile_errors_total" in text

@@ -34,7 +34,7 @@ def test_a_trial_job_runs_one_attempt_of_the_assigned_trial() -> None:
     assert pod["metadata"]["labels"]["hpo.dev/trial"] == "3" and pod["spec"]["restartPolicy"] == "Never"
     container = pod["spec"]["containers"][0]
     assert container["command"] == ["hpo-trial"] and container["image"] == "trial:1"
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1", "quantities go to the API as strings"
     env = {e["name"]: e for e in container["env"]}
     assert json.loads(env["HPO_ASSIGNMENT"]["value"])["trial"] == {"number": 3, "id": 17}
     assert env["HPO_STORAGE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "mnist-storage", "key": "url"}

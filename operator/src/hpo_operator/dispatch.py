@@ -79,6 +79,15 @@ def _trial_container(pod_spec: dict[str, Any]) -> dict[str, Any]:
     return containers[-1]
 
 
+def _quantities_as_strings(pod_spec: dict[str, Any]) -> None:
+    """YAML reads `nvidia.com/gpu: 1` as a number; the API takes both, the Python client only strings."""
+    for container in pod_spec.get("containers", []) + pod_spec.get("initContainers", []):
+        for kind in ("limits", "requests"):
+            amounts = container.get("resources", {}).get(kind, {})
+            for name, amount in amounts.items():
+                amounts[name] = str(amount)
+
+
 def build_job(spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, trial_assignment: dict[str, Any],
               default_image: str) -> dict[str, Any]:
     """The batch/v1 Job for one attempt of one trial (owner reference added by the caller)."""
@@ -91,6 +100,7 @@ def build_job(spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, tria
     if spec.budget.trial_timeout_seconds:
         pod_spec["activeDeadlineSeconds"] = spec.budget.trial_timeout_seconds
 
+    _quantities_as_strings(pod_spec)
     container = _trial_container(pod_spec)
     container.setdefault("image", default_image)
     container.setdefault("command", ["hpo-trial"])

@@ -167,7 +167,7 @@ class StudyLoop:
 
     def ended(self, spec: HpoStudySpec, failed: int, started_at: str, now: datetime.datetime) -> tuple[bool, str]:
         if self.stalled(spec, failed):
-            return True, f"{failed} trials failed, more than spec.budget.maxFailedTrials"
+            return True, "too many failed trials"
         if spec.budget.deadline_seconds:
             started = datetime.datetime.fromisoformat(started_at.replace("Z", "+00:00"))
             if (now - started).total_seconds() > spec.budget.deadline_seconds:
@@ -256,9 +256,10 @@ class StudyLoop:
         conditions = [st.ConditionUpdate(st.VALIDATED, True, st.REASON_VALID),
                       st.ConditionUpdate(st.DATABASE_READY, True, st.REASON_PROVISIONED)]
         busy = live or running
-        if self.stalled(spec, counts.failed):
-            conditions.append(st.ConditionUpdate(st.PROGRESSING, busy, st.REASON_TOO_MANY_FAILURES, end_reason))
-            return Phase.FAILED, end_reason, conditions
+        if self.stalled(spec, counts.failed):  # counts are fresh: this pass may have failed the last straw
+            reason = f"{counts.failed} trials failed, more than spec.budget.maxFailedTrials"
+            conditions.append(st.ConditionUpdate(st.PROGRESSING, busy, st.REASON_TOO_MANY_FAILURES, reason))
+            return Phase.FAILED, reason, conditions
         if spec.suspend:
             conditions.append(st.ConditionUpdate(st.PROGRESSING, False, st.REASON_SUSPENDED, "spec.suspend is true"))
             return Phase.SUSPENDED, "suspended" + (": stopping running trials" if live else ""), conditions
