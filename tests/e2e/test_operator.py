@@ -253,3 +253,18 @@ def test_metrics_count_trials_by_state(studies: Studies, objectives: dict[str, A
     line = f'hpo_study_trials{{namespace="{studies.namespace}",state="complete",study="counted"}} 2.0'
     assert line in text
     assert "hpo_dispatch_seconds_count" in text and "hpo_reconcile_errors_total" in text
+
+
+def test_a_deadline_with_policy_kill_stops_running_trials_and_leaves_none_running(
+    studies: Studies, objectives: dict[str, Any]
+) -> None:
+    template = {**objectives}
+    template["spec"]["containers"][0]["env"].append({"name": "HPO_TEST_SLEEP", "value": "30"})
+    studies.create("late", spec(template, trials=4, parallelism=2, endPolicy="Kill",
+                                budget={"trials": 4, "parallelism": 2, "deadlineSeconds": 5}))
+    done = studies.wait_phase("late", "Succeeded", 120)
+    finished = {c["type"]: c for c in done["status"]["conditions"]}["Finished"]
+    assert finished["reason"] == "DeadlineReached"
+    study = studies.optuna_study("late")
+    assert counts(study)["running"] == 0 and len(study.trials) == 2, "no new trial after the deadline"
+    assert all("stopped: the study ended" in t.user_attrs["failure_reason"] for t in study.trials)

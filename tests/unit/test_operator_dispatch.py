@@ -25,7 +25,7 @@ def build(**spec_overrides: object) -> dict:
 
 def test_a_trial_job_runs_one_attempt_of_the_assigned_trial() -> None:
     job = build(checkpoints={"claimName": "ckpt"}, trial={"template": {"spec": {"containers": [
-        {"name": "trial", "env": [{"name": "HPO_ASSIGNMENT", "value": "spoofed"}, {"name": "A", "value": "1"}],
+        {"name": "trial", "env": [{"name": "HPO_ASSIGNMENT", "value": "spoofed"}, {"name": "HPO_MINE", "value": "1"}],
          "resources": {"limits": {"nvidia.com/gpu": 1}}}]}}})
     assert job["metadata"]["name"] == "mnist-3-1"
     assert job["metadata"]["labels"]["hpo.dev/study"] == "mnist" and job["metadata"]["labels"]["hpo.dev/trial"] == "3"
@@ -38,7 +38,7 @@ def test_a_trial_job_runs_one_attempt_of_the_assigned_trial() -> None:
     env = {e["name"]: e for e in container["env"]}
     assert json.loads(env["HPO_ASSIGNMENT"]["value"])["trial"] == {"number": 3, "id": 17}
     assert env["HPO_STORAGE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "mnist-storage", "key": "url"}
-    assert env["A"]["value"] == "1"
+    assert env["HPO_MINE"]["value"] == "1", "the user's own variables stay"
     assert container["volumeMounts"] == [{"name": "hpo-checkpoints", "mountPath": "/checkpoints"}]
 
 

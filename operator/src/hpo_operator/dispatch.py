@@ -104,14 +104,14 @@ def build_job(spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, tria
     container = _trial_container(pod_spec)
     container.setdefault("image", default_image)
     container.setdefault("command", ["hpo-trial"])
-    env = [e for e in container.get("env", []) if not e.get("name", "").startswith("HPO_")]
-    env += [
+    ours = [
         {"name": "HPO_ASSIGNMENT", "value": json.dumps(trial_assignment, separators=(",", ":"))},
         {"name": "HPO_STORAGE_URL", "valueFrom": {"secretKeyRef": {"name": ref.storage_secret, "key": "url"}}},
     ]
     if spec.trial.quick_scan:
-        env.append({"name": "HPO_QUICK_SCAN", "value": "1"})
-    container["env"] = env
+        ours.append({"name": "HPO_QUICK_SCAN", "value": "1"})
+    names = {e["name"] for e in ours}
+    container["env"] = [e for e in container.get("env", []) if e.get("name") not in names] + ours
 
     if spec.checkpoints.claim_name:
         pod_spec.setdefault("volumes", []).append(
