@@ -100,16 +100,10 @@ def _objective(spec: HpoStudySpec) -> list[Problem]:
 
 
 def _sampler(spec: HpoStudySpec) -> list[Problem]:
-    options = spec.sampler.options
-    class_name = search.SAMPLER_CLASSES[spec.sampler.name]
-    reserved = sorted(search.RESERVED_SAMPLER_OPTIONS & set(options))
+    reserved = sorted(search.RESERVED_SAMPLER_OPTIONS & set(spec.sampler.options))
     if reserved:
         return [Problem(f"spec.sampler.options.{reserved[0]}",
                         "set by the operator (use spec.sampler.seed, spec.searchSpace); remove it")]
-    unknown = search.unknown_options(class_name, optuna.samplers, options)
-    if unknown:
-        return [Problem(f"spec.sampler.options.{unknown[0]}",
-                        f"{class_name} has no option {unknown[0]!r}; see its Optuna documentation")]
     if spec.sampler.name is SamplerName.GRID:
         if not spec.search_space:
             return [Problem("spec.searchSpace", "the grid sampler needs a declared search space")]
@@ -117,11 +111,7 @@ def _sampler(spec: HpoStudySpec) -> list[Problem]:
         if continuous:
             return [Problem(f"spec.searchSpace.{continuous[0]}.step",
                             "the grid sampler needs a step for every float parameter")]
-    try:
-        search.sampler(spec)
-    except (TypeError, ValueError) as error:
-        return [Problem("spec.sampler.options", f"{class_name} refused these options: {error}")]
-    return []
+    return _options("spec.sampler.options", optuna.samplers, search.sampler_config(spec))
 
 
 def _pruner(spec: HpoStudySpec) -> list[Problem]:
@@ -130,14 +120,19 @@ def _pruner(spec: HpoStudySpec) -> list[Problem]:
         return [Problem("spec.pruner.options", "the pruner 'none' takes no options")] if spec.pruner.options else []
     if len(spec.objective.directions) > 1:
         return [Problem("spec.pruner.name", "Optuna cannot prune multi-objective studies; set name: none")]
-    unknown = search.unknown_options(config["class"], optuna.pruners, config["kwargs"])
+    return _options("spec.pruner.options", optuna.pruners, config)
+
+
+def _options(where: str, module: Any, config: dict[str, Any]) -> list[Problem]:
+    """Options must be keyword arguments the Optuna class takes, with values it accepts."""
+    unknown = search.unknown_options(config["class"], module, config["kwargs"])
     if unknown:
-        return [Problem(f"spec.pruner.options.{unknown[0]}",
+        return [Problem(f"{where}.{unknown[0]}",
                         f"{config['class']} has no option {unknown[0]!r}; see its Optuna documentation")]
     try:
-        search.pruner(spec)
+        search.build(module, config)
     except (TypeError, ValueError) as error:
-        return [Problem("spec.pruner.options", f"{config['class']} refused these options: {error}")]
+        return [Problem(where, f"{config['class']} refused these options: {error}")]
     return []
 
 
