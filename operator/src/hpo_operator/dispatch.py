@@ -104,7 +104,7 @@ def build_job(spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, tria
     container = _trial_container(pod_spec)
     container.setdefault("image", default_image)
     container.setdefault("command", ["hpo-trial"])
-    ours = [
+    ours: list[dict[str, Any]] = [
         {"name": "HPO_ASSIGNMENT", "value": json.dumps(trial_assignment, separators=(",", ":"))},
         {"name": "HPO_STORAGE_URL", "valueFrom": {"secretKeyRef": {"name": ref.storage_secret, "key": "url"}}},
     ]
