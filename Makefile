@@ -76,3 +76,45 @@ operator-down: ## Stop the operator started by operator-up
 checks: venv ## Lint (ruff) and type-check (mypy strict) the operator and the trial runtime
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy operator/src/hpo_operator trial-image/src/hpo_trial
+
+# --- The Helm chart (charts/hpo-operator) on the testbed -------------------------------------------
+CHART := charts/hpo-operator
+CHART_RELEASE ?= hpo
+CHART_NAMESPACE ?= hpo-system
+
+.PHONY: chart-up
+chart-up: testbed-up ## helm install the chart into the testbed (its MariaDB, 1 replica; replaces operator-up); waits until Available
+	@$(PY) -m tests.testbed operator-down >/dev/null  # two operators serving one namespace would fight
+	@source .testbed/env && \
+	  kubectl apply --server-side -f crds/ >/dev/null && \
+	  kubectl create namespace $(CHART_NAMESPACE) --dry-run=client -o yaml | kubectl apply -f - >/dev/null && \
+	  kubectl label namespace $(CHART_NAMESPACE) --overwrite pod-security.kubernetes.io/enforce=restricted \
+	    pod-security.kubernetes.io/warn=restricted >/dev/null && \
+	  kubectl -n $(CHART_NAMESPACE) create secret generic $(CHART_RELEASE)-mysql-admin \
+	    --from-literal=username="$$HPO_MYSQL_USER" --from-literal=password="$$HPO_MYSQL_PASSWORD" \
+	    --dry-run=client -o yaml | kubectl apply -f - >/dev/null && \
+	  helm upgrade --install $(CHART_RELEASE) $(CHART) -n $(CHART_NAMESPACE) --set operator.replicas=1 \
+	    --set mysql.enabled=false --set mysql.external.host="$$HPO_MYSQL_HOST" \
+	    --set mysql.external.port="$$HPO_MYSQL_PORT" --set mysql.external.adminSecret.name=$(CHART_RELEASE)-mysql-admin \
+	    --wait --timeout 5m && \
+	  kubectl -n $(CHART_NAMESPACE) wait --for=condition=Available --timeout=3m deployment \
+	    -l app.kubernetes.io/instance=$(CHART_RELEASE),app.kubernetes.io/component=operator
+
+.PHONY: chart-down
+chart-down: ## helm uninstall the chart's release (the CRDs, the namespace and the studies' databases stay)
+	@source .testbed/env && \
+	  if helm status $(CHART_RELEASE) -n $(CHART_NAMESPACE) >/dev/null 2>&1; then \
+	    helm uninstall $(CHART_RELEASE) -n $(CHART_NAMESPACE) --wait; \
+	  else echo "no release $(CHART_RELEASE) in $(CHART_NAMESPACE)"; fi
+
+.PHONY: chart-verify
+chart-verify: binaries ## Check the chart's crds/ holds exactly crds/, then helm lint --strict and render every option
+	@diff -r crds $(CHART)/crds >/dev/null || { echo "$(CHART)/crds differs from crds/: cp crds/*.yaml $(CHART)/crds/"; exit 1; }
+	@helm=$$($(PY) -c 'from tests.testbed.build import build_all; print(build_all()["helm"])' | tail -1) && \
+	  $$helm lint --strict $(CHART) && \
+	  for options in "" "--set mysql.enabled=false --set mysql.external.host=db --set mysql.external.adminSecret.name=db" \
+	    "--set rbac.scope=namespaced --set watchNamespaces={a,b}" "--set dashboard.enabled=true --set dashboard.study=a/b" \
+	    "--set networkPolicy.enabled=true --set namespace.create=true --set operator.replicas=2" \
+	    "--set metrics.serviceMonitor.enabled=true --api-versions monitoring.coreos.com/v1/ServiceMonitor"; do \
+	    $$helm template hpo $(CHART) $$options >/dev/null || { echo "helm template $$options failed"; exit 1; }; \
+	  done && echo "chart OK: crds/ in sync, lint clean, every option renders"
