@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_for
 from tests.testbed.node_agent import processes
 from tests.testbed.node_agent.containers import LaunchSpec, Mount, RunFiles, exec_in, launch
 from tests.testbed.node_agent.logs import PodLog, decode_cri, join_lines
@@ -100,10 +101,7 @@ def test_the_end_of_a_run_kills_whatever_it_left_running(tmp_path: Path, pod_log
     process = launch(spec(script), files, pod_log, "main")
     assert process.wait() == 0
     daemon = int(pid_file.read_text())
-    deadline = time.monotonic() + 5
-    while processes.mount_namespace(daemon) is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert processes.mount_namespace(daemon) is None, "a process escaped the container's end"
+    wait_for(lambda: processes.mount_namespace(daemon) is None, 5, "the escaped process to be killed")
     processes.reap_orphans()
 
 
@@ -123,12 +121,7 @@ def test_exec_runs_inside_the_containers_mount_namespace(tmp_path: Path, pod_log
 
 
 def processes_wait_for_output(files: RunFiles, text: str) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if files.log.exists() and text in output(files):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"the run never printed {text!r}")
+    wait_for(lambda: files.log.exists() and text in output(files), 10, f"the run to print {text!r}")
 
 
 def test_the_agent_never_leaks_into_a_run(tmp_path: Path, pod_log: PodLog, monkeypatch: pytest.MonkeyPatch) -> None:
