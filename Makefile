@@ -8,7 +8,8 @@ UV_VERSION := 0.13.9
 VENV := .venv
 PY := $(VENV)/bin/python
 export UV_CACHE_DIR ?= $(HOME)/.cache/uv
-export UV_SYSTEM_CERTS ?= 1  # trust the platform's certificate store, as pip, git and curl do
+# uv trusts the platform's certificate store, as pip, git and curl do (registries behind a site CA).
+export UV_SYSTEM_CERTS ?= 1
 REQUIREMENTS := trial-image/requirements.txt operator/requirements.txt tests/requirements.txt
 PYTEST_ARGS ?=
 
