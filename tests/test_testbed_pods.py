@@ -189,6 +189,21 @@ def test_a_pod_reads_a_secret_from_its_environment_and_a_read_only_volume(cluste
     assert pod_log(cluster.namespace, "secret-reader").splitlines() == ["env=s3cret", "file=t0ken", "read-only"]
 
 
+def test_a_volume_mounted_above_the_project_hides_the_host_files_but_not_the_project(cluster: Cluster) -> None:
+    # The host is every container's image; a scratch emptyDir at the project's parent (as a chart
+    # mounts one at /tmp, where a CI clone may live) must not hide the venv the container runs from.
+    parent = ROOT.parent
+    script = (f"import os; print(sorted(os.listdir({str(parent)!r}))); "
+              f"open({str(parent / 'scratch')!r}, 'w').write('ok'); print('wrote')")
+    manifest = pod_manifest("under-scratch", [str(ROOT / ".venv" / "bin" / "python"), "-c", script],
+                            container={"volumeMounts": [{"name": "scratch", "mountPath": str(parent)}]},
+                            volumes=[{"name": "scratch", "emptyDir": {}}])
+    cluster.create("Pod", manifest)
+    cluster.await_phase("under-scratch", "Succeeded")
+    assert pod_log(cluster.namespace, "under-scratch").splitlines() == [repr([ROOT.name]), "wrote"]
+    assert not (parent / "scratch").exists()
+
+
 def test_a_file_written_to_a_claim_by_one_pod_is_read_by_the_next(cluster: Cluster) -> None:
     cluster.create("PersistentVolumeClaim", {
         "metadata": {"name": "checkpoints"},

@@ -3,7 +3,9 @@
 The node agent runs this file with the venv's Python, an empty environment and one argument, the
 path of a JSON launch spec. In a private mount namespace it bind-mounts the pod's volumes (and the
 termination-message file) at the container's literal paths, changes to the working directory and
-replaces itself with the container's command, so the command's process is the container. With
+replaces itself with the container's command, so the command's process is the container. The host's
+file system is every container's image; the paths in `keepVisible` (the project, with its venv) stay
+visible even under a volume mounted above them (an emptyDir at /tmp while the project lives in /tmp). With
 `enterPid` in the spec it instead joins that running container's mount namespace, which is how exec
 probes and hooks run "inside" the container. Standard library only: it must start fast and clean.
 
@@ -56,6 +58,11 @@ def _prepare_target(source: str, target: str) -> None:
         pass
 
 
+def _hold(path: str) -> str:
+    """A name for `path` that stays valid when a later mount hides the path itself."""
+    return f"/proc/self/fd/{os.open(path, os.O_PATH | os.O_CLOEXEC)}"
+
+
 def _bind(source: str, target: str, read_only: bool) -> None:
     _prepare_target(source, target)
     _mount(source, target, MS_BIND | MS_REC)
@@ -64,11 +71,20 @@ def _bind(source: str, target: str, read_only: bool) -> None:
         _mount(None, target, MS_BIND | MS_REMOUNT | MS_RDONLY | kept)
 
 
-def _isolate(mounts: list[dict[str, Any]]) -> None:
+def _shadows(target: str, path: str) -> bool:
+    return os.path.commonpath([target, path]) == os.path.normpath(target)
+
+
+def _isolate(mounts: list[dict[str, Any]], keep_visible: list[str]) -> None:
     _check(_libc.unshare(CLONE_NEWNS), "unshare mount namespace")
     _mount("none", "/", MS_REC | MS_PRIVATE)
-    for mount in mounts:
-        _bind(mount["source"], mount["target"], bool(mount.get("readOnly")))
+    sources = [_hold(mount["source"]) for mount in mounts]
+    kept = {path: _hold(path) for path in keep_visible}
+    for mount, source in zip(mounts, sources, strict=True):
+        _bind(source, mount["target"], bool(mount.get("readOnly")))
+    for path, held in kept.items():
+        if any(_shadows(mount["target"], path) for mount in mounts):
+            _bind(held, path, read_only=False)
 
 
 def _enter(pid: int) -> None:
@@ -99,7 +115,7 @@ def _start(spec: dict[str, Any]) -> None:
     if spec.get("enterPid"):
         _enter(int(spec["enterPid"]))
     else:
-        _isolate(spec.get("mounts", []))
+        _isolate(spec.get("mounts", []), spec.get("keepVisible", []))
     workdir = spec.get("workingDir") or "/"
     os.makedirs(workdir, exist_ok=True)
     os.chdir(workdir)
@@ -115,12 +131,14 @@ def _start(spec: dict[str, Any]) -> None:
 def main(argv: list[str]) -> int:
     with open(argv[1]) as spec_file:
         spec = json.load(spec_file)
+    report_dir, report_name = os.path.split(spec["startErrorFile"])
+    report_fd = os.open(report_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # before mounts can hide it
     try:
         _start(spec)
     except (StartError, OSError) as error:
         message = str(error)
         print(message, file=sys.stderr, flush=True)
-        with open(spec["startErrorFile"], "w") as report:
+        with open(report_name, "w", opener=lambda name, flags: os.open(name, flags, dir_fd=report_fd)) as report:
             report.write(message)
     return START_ERROR_EXIT
 

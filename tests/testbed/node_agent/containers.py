@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 Json = dict[str, Any]
 
 LAUNCHER = Path(__file__).with_name("container_init.py")
+PROJECT = Path(__file__).resolve().parents[3]  # with .venv: the part of every container's "image" it runs from
 PYTHON = [sys.executable, "-I", "-S"]
 START_ERROR_EXIT = 128
 NAMESPACE_WAIT_S = 5.0
@@ -192,7 +193,7 @@ def launch(spec: LaunchSpec, files: RunFiles, pod_log: PodLog, name: str) -> Con
     _write_spec(files.spec, {
         "argv": spec.argv, "env": spec.env, "workingDir": spec.working_dir,
         "mounts": [mount.as_spec() for mount in spec.mounts],
-        "parentPid": os.getpid(), "startErrorFile": str(files.start_error),
+        "parentPid": os.getpid(), "startErrorFile": str(files.start_error), "keepVisible": [str(PROJECT)],
     })
     read_fd, write_fd = os.pipe()
     try:
