@@ -19,6 +19,8 @@ PLURAL = "hpostudies"
 STUDY_LABEL = f"{GROUP}/study"
 TRIAL_LABEL = f"{GROUP}/trial"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
+# On each trial Job: when the operator created it, to the microsecond (Kubernetes keeps whole seconds).
+DISPATCHED_AT_ANNOTATION = f"{GROUP}/dispatched-at"
 
 
 class Model(BaseModel):

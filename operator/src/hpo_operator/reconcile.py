@@ -16,7 +16,7 @@ from typing import Any
 
 from hpo_operator import database, dispatch, kube, metrics, search, validation
 from hpo_operator import status as st
-from hpo_operator.models import DeletionPolicy, EndPolicy, HpoStudySpec, Phase
+from hpo_operator.models import DISPATCHED_AT_ANNOTATION, DeletionPolicy, EndPolicy, HpoStudySpec, Phase
 from hpo_operator.outcomes import JobSummary, Outcome, PodSummary, Verdict, classify
 from hpo_operator.settings import Settings
 from hpo_operator.storage import FinishedTrial, RunningTrial, StudyStore, pareto_front
@@ -229,6 +229,7 @@ class StudyLoop:
         assignment = dispatch.assignment(spec, ref, number, trial_id, search.sampler_config(spec),
                                          search.pruner_config(spec))
         job = dispatch.build_job(spec, ref, number, attempt, assignment, self.settings.trial_image)
+        job["metadata"]["annotations"] = {DISPATCHED_AT_ANNOTATION: st.now_precise()}
         kube.create_owned(job, owner=body)
         self.logger.info(f"trial {number} attempt {attempt}: created Job {job['metadata']['name']}")
 

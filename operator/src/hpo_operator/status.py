@@ -66,6 +66,11 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def now_precise() -> str:
+    """Now in RFC 3339 with microseconds, for annotations that time sub-second latencies."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def merge_conditions(old: list[dict[str, Any]], updates: list[ConditionUpdate],
                      generation: int | None) -> list[dict[str, Any]]:
     """Apply updates to the existing conditions; lastTransitionTime moves only when status flips."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from hpo_operator import search
+from hpo_operator import metrics, search
 from hpo_operator.models import HpoStudySpec
 
 CHECKPOINT_ATTR = "checkpoint"  # {"path": ..., "step": ...}, set by hpo-trial at every save
@@ -61,8 +62,14 @@ class FinishedTrial:
 
 def open_storage(url: str) -> RDBStorage:
     # Recycle connections well below MySQL's wait_timeout; pre-ping survives server restarts.
-    return RDBStorage(url, engine_kwargs={"pool_pre_ping": True, "pool_recycle": 900, "pool_size": 2,
-                                          "max_overflow": 4}, skip_table_creation=False)
+    storage = RDBStorage(url, engine_kwargs={"pool_pre_ping": True, "pool_recycle": 900, "pool_size": 2,
+                                             "max_overflow": 4}, skip_table_creation=False)
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", _count_statement)
+    return storage
+
+
+def _count_statement(*_: Any) -> None:
+    metrics.SQL_STATEMENTS.inc()
 
 
 class StudyStore:
@@ -163,7 +170,12 @@ class StudyStore:
 
     def ask(self, spec: HpoStudySpec, declared: dict[str, BaseDistribution]) -> optuna.Trial:
         """A new RUNNING trial: the next queued (warm-start) one first, else sampled by the sampler."""
-        return self.study(spec).ask(declared)
+        study = self.study(spec)
+        cpu_start = time.thread_time()
+        with metrics.ASK_LATENCY.time():
+            trial = study.ask(declared)
+        metrics.ASK_CPU.inc(time.thread_time() - cpu_start)
+        return trial
 
     def trial_outcomes(self, trial_id: int, key: str) -> list[str]:
         rows = self._query("SELECT value_json FROM trial_system_attributes WHERE trial_id = :trial_id AND `key` = :key",
