@@ -79,6 +79,10 @@ checks: venv ## Lint (ruff) and type-check (mypy strict) the operator and the tr
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy operator/src/hpo_operator trial-image/src/hpo_trial
 
+.PHONY: bench
+bench: operator-up ## Benchmarks against the Slurm-style baseline: a table, and .bench/latest.json (QUICK=1: ~20 min)
+	@$(PY) -m tests.bench $(if $(filter 1,$(QUICK)),--quick)
+
 # --- The Helm chart (charts/hpo-operator) on the testbed -------------------------------------------
 CHART := charts/hpo-operator
 CHART_RELEASE ?= hpo

@@ -37,8 +37,9 @@ from kubernetes import client
 
 from hpo_operator import database
 from tests.conftest import ROOT
-from tests.e2e.conftest import OBJECTIVES, Studies
+from tests.e2e.conftest import OBJECTIVES
 from tests.helpers import wait_for
+from tests.studies import Studies
 
 pytestmark = pytest.mark.e2e
 
