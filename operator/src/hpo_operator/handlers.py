@@ -50,7 +50,7 @@ class _QuietWakeups(logging.Filter):
     """Drop Kopf's 'Handler succeeded' line for wake_study, which would log every trial pod change."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "'wake_study'" not in record.getMessage()
+        return "'wake_study" not in record.getMessage()
 
 
 @kopf.index("pods", labels={STUDY_LABEL: kopf.PRESENT})
@@ -64,11 +64,21 @@ def trial_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_:
 
 
 # Kopf runs event handlers after it has updated the indexes, so the woken pass sees this change.
+# A pod being created, scheduled or started needs no pass (each would cost its study a round of
+# queries and delay the pass that matters); one that ended or went away frees a slot now.
 @kopf.on.event("pods", labels={STUDY_LABEL: kopf.PRESENT})
+async def wake_study(type: str, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> None:
+    """A trial pod ended or went away: run its study's pass now rather than at the next resync."""
+    if type == "DELETED" or summarise(dict(body)).terminal:
+        _wake((namespace, labels[STUDY_LABEL]))
+
+
 @kopf.on.event("batch", "v1", "jobs", labels={STUDY_LABEL: kopf.PRESENT})
-async def wake_study(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
-    """A trial pod or Job changed: run its study's pass now rather than at the next resync."""
-    _wake((namespace, labels[STUDY_LABEL]))
+async def wake_study_for_job(type: str, namespace: str | None, labels: kopf.Labels, body: kopf.Body,
+                             **_: Any) -> None:
+    """A trial Job failed (its pod was removed) or went away."""
+    if type == "DELETED" or summarise_job(dict(body)).failed:
+        _wake((namespace, labels[STUDY_LABEL]))
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=30)

@@ -22,7 +22,6 @@ from hpo_operator.settings import Settings
 from hpo_operator.storage import FinishedTrial, RunningTrial, StudyStore, pareto_front
 
 _logger = logging.getLogger(__name__)
-OUTCOMES_ATTR = "hpo:outcomes"  # per trial: the verdict of each attempt, so retries survive restarts
 
 
 class StudyProblem(Exception):
@@ -37,7 +36,8 @@ class StudyLoop:
     name: str
     settings: Settings
     store: StudyStore | None = None
-    best_number: int | None = None
+    best: FinishedTrial | None = None
+    best_as_of: int | None = None  # the COMPLETE count `best` was read at: it changes only when that grows
     pareto: list[FinishedTrial] | None = None
     previous_running: set[int] = field(default_factory=set)
     reported_problems: str = ""
@@ -143,16 +143,15 @@ class StudyLoop:
         latest_pods = _latest_pods(pods)
         attempts: dict[int, int] = {}
         for trial in running:
-            outcomes = store.trial_outcomes(trial.trial_id, OUTCOMES_ATTR)
             job = latest_jobs.get(trial.number)
-            attempts[trial.number] = job.attempt if job else len(outcomes)
+            attempts[trial.number] = job.attempt if job else len(trial.outcomes)
             if stopping:
                 if job is not None:
                     kube.delete_job(self.namespace, job.name)
                 if ended and trial.number not in live:
                     store.fail(trial.number, f"stopped: the study ended ({end_reason})")
                 continue
-            self.settle(body, spec, store, trial, job, latest_pods.get(trial.number), outcomes, live, ended, now)
+            self.settle(body, spec, store, trial, job, latest_pods.get(trial.number), live, ended, now)
 
         self.clean_up(jobs, {r.number for r in running}, live)
         if not (stopping or ended or self.stalled(spec, counts.failed)):
@@ -180,19 +179,19 @@ class StudyLoop:
         return limit is not None and failed > limit
 
     def settle(self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, trial: RunningTrial,
-               job: JobSummary | None, pod: PodSummary | None, outcomes: list[str], live: set[int],
-               ended: bool, now: datetime.datetime) -> None:
+               job: JobSummary | None, pod: PodSummary | None, live: set[int], ended: bool,
+               now: datetime.datetime) -> None:
         """Decide about a RUNNING trial whose latest attempt may have ended."""
         if job is None:
             if trial.number not in live:  # asked but never given a Job, or its Job went away: run it
-                self.start_attempt(body, spec, store, trial.number, trial.trial_id, len(outcomes))
+                self.start_attempt(body, spec, store, trial.number, trial.trial_id, len(trial.outcomes))
             return
         verdict = self.verdict(spec, job, pod, now)
         if verdict.outcome is Outcome.ACTIVE:
             return
         if verdict.outcome is Outcome.SUCCEEDED:  # exited 0 yet the trial is still RUNNING
             verdict = Verdict(Outcome.CRASHED, "the trial pod exited 0 without reporting a result to Optuna")
-        outcomes = store.record_outcome(trial.trial_id, OUTCOMES_ATTR, job.attempt, verdict.outcome.value)
+        outcomes = store.record_outcome(trial, job.attempt, verdict.outcome.value)
         crashes = outcomes.count(Outcome.CRASHED.value)
         if verdict.outcome is Outcome.PREEMPTED and not ended:
             kube.delete_job(self.namespace, job.name)
@@ -282,12 +281,7 @@ class StudyLoop:
         if multi:
             facts.pareto = self.update_pareto(spec, running)
         else:
-            facts.best = self.store.best()
-            if facts.best is not None and facts.best.number != self.best_number:
-                if self.best_number is not None or raw_status.get("bestTrial") is None:
-                    kube.event(body, reason="NewBest", message=f"trial {facts.best.number}: value "
-                                                              f"{facts.best.values[0]!r} {facts.best.params}")
-                self.best_number = facts.best.number
+            facts.best = self.update_best(body, counts.complete, raw_status.get("bestTrial") is None)
         facts.checkpoint = self.checkpoint(spec, counts.finished, raw_status.get("checkpoint"))
         if phase is Phase.SUCCEEDED and raw_status.get("phase") != Phase.SUCCEEDED.value:
             kube.event(body, reason="StudyFinished", message=message)
@@ -300,6 +294,18 @@ class StudyLoop:
         if patch != self.last_status:
             kube.patch_status(self.namespace, self.name, patch)
             self.last_status = patch
+
+    def update_best(self, body: dict[str, Any], complete: int, unrecorded: bool) -> FinishedTrial | None:
+        """The best trial, read again only when more trials are COMPLETE; a NewBest Event when it changes."""
+        assert self.store is not None
+        if complete == self.best_as_of:
+            return self.best
+        best = self.store.best()
+        changed = best is not None and (self.best is None or best.number != self.best.number)
+        if best is not None and changed and (self.best is not None or unrecorded):  # not again after a restart
+            kube.event(body, reason="NewBest", message=f"trial {best.number}: value {best.values[0]!r} {best.params}")
+        self.best, self.best_as_of = best, complete
+        return best
 
     def update_pareto(self, spec: HpoStudySpec, running: list[RunningTrial]) -> list[FinishedTrial]:
         """Keep the Pareto front incrementally: read only the trials that finished since the last pass."""

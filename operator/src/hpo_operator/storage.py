@@ -25,6 +25,7 @@ from hpo_operator import metrics, search
 from hpo_operator.models import HpoStudySpec
 
 CHECKPOINT_ATTR = "checkpoint"  # {"path": ..., "step": ...}, set by hpo-trial at every save
+OUTCOMES_ATTR = "hpo:outcomes"  # per trial: the verdict of each attempt, so retries survive restarts
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class RunningTrial:
     number: int
     checkpoint_path: str | None = None
     checkpoint_step: int | None = None
+    outcomes: tuple[str, ...] = ()  # the verdict of each earlier attempt
 
 
 @dataclass(frozen=True)
@@ -124,18 +126,20 @@ class StudyStore:
                       waiting=by_state.get("WAITING", 0))
 
     def running(self) -> list[RunningTrial]:
-        """RUNNING trials with the checkpoint each last reported (at most M rows)."""
+        """RUNNING trials with the checkpoint each last reported and their attempts' outcomes (at most M rows)."""
         rows = self._query(
-            "SELECT t.trial_id, t.number, a.value_json FROM trials t "
+            "SELECT t.trial_id, t.number, a.value_json, o.value_json FROM trials t "
             "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.`key` = :checkpoint "
+            "LEFT JOIN trial_system_attributes o ON o.trial_id = t.trial_id AND o.`key` = :outcomes "
             "WHERE t.study_id = :study_id AND t.state = 'RUNNING' ORDER BY t.number",
-            checkpoint=CHECKPOINT_ATTR,
+            checkpoint=CHECKPOINT_ATTR, outcomes=OUTCOMES_ATTR,
         )
         trials = []
-        for trial_id, number, value in rows:
-            checkpoint = json.loads(value) if value else {}
+        for trial_id, number, checkpoint_json, outcomes_json in rows:
+            checkpoint = json.loads(checkpoint_json) if checkpoint_json else {}
             trials.append(RunningTrial(trial_id=trial_id, number=number, checkpoint_path=checkpoint.get("path"),
-                                       checkpoint_step=checkpoint.get("step")))
+                                       checkpoint_step=checkpoint.get("step"),
+                                       outcomes=tuple(json.loads(outcomes_json)) if outcomes_json else ()))
         return trials
 
     def state_of(self, number: int) -> TrialState | None:
@@ -177,17 +181,12 @@ class StudyStore:
         metrics.ASK_CPU.inc(time.thread_time() - cpu_start)
         return trial
 
-    def trial_outcomes(self, trial_id: int, key: str) -> list[str]:
-        rows = self._query("SELECT value_json FROM trial_system_attributes WHERE trial_id = :trial_id AND `key` = :key",
-                           trial_id=trial_id, key=key)
-        return list(json.loads(rows[0][0])) if rows else []
-
-    def record_outcome(self, trial_id: int, key: str, attempt: int, outcome: str) -> list[str]:
+    def record_outcome(self, trial: RunningTrial, attempt: int, outcome: str) -> list[str]:
         """Record attempt `attempt`'s outcome (idempotent: a repeated pass rewrites the same slot)."""
-        outcomes = self.trial_outcomes(trial_id, key)
+        outcomes = list(trial.outcomes)
         outcomes += [""] * (attempt + 1 - len(outcomes))
         outcomes[attempt] = outcome
-        self.storage.set_trial_system_attr(trial_id, key, outcomes)
+        self.storage.set_trial_system_attr(trial.trial_id, OUTCOMES_ATTR, outcomes)
         return outcomes
 
     def fail(self, number: int, reason: str) -> None:
