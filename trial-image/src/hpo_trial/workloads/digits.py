@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from torch import nn
 
 import hpo_trial
 
-__all__ = ["Data", "build_model", "load_data", "objective"]
+__all__ = ["Data", "build_model", "configure_threads", "load_data", "objective", "train_steps"]
 
 _logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def objective(trial: optuna.Trial) -> float:
     weight_decay = trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
     epochs = trial.suggest_int("epochs", 5, 20)
 
-    threads = _configure_threads()
+    threads = configure_threads()
     device, amp_dtype = _device()
     quick_scan = os.environ.get(QUICK_SCAN_ENV, "") not in {"", "0", "false", "False"}
     data = load_data(device, quick_scan=quick_scan)
@@ -250,11 +251,31 @@ def _train_epoch(
     seed: int,
 ) -> float:
     """One pass over the training set in a permutation fixed by ``seed`` (so a resumed epoch repeats it)."""
+    total = torch.zeros((), device=data.x_train.device)
+    for loss_sum, _ in train_steps(model, optimizer, scaler, data, batch_size, amp_dtype, seed):
+        total += loss_sum
+    return total.item() / len(data.y_train)
+
+
+def train_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    data: Data,
+    batch_size: int,
+    amp_dtype: torch.dtype | None,
+    seed: int,
+) -> Iterator[tuple[torch.Tensor, int]]:
+    """The optimizer steps of one epoch, one batch each, in a permutation of the training set fixed by ``seed``.
+
+    Yields:
+        After each step, the batch's summed loss (a tensor on the device, not waited for) and its size.
+        A caller that stops early (the benchmark in ``tests/bench/workload.py``) has trained that far.
+    """
     model.train()
     device = data.x_train.device
     generator = torch.Generator(device="cpu").manual_seed(seed)
     permutation = torch.randperm(len(data.y_train), generator=generator).to(device)
-    total = torch.zeros((), device=device)
     for start in range(0, len(permutation), batch_size):
         index = permutation[start : start + batch_size]
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -263,8 +284,7 @@ def _train_epoch(
         scaler.scale(loss).backward()  # type: ignore[no-untyped-call]  # torch leaves backward unannotated
         scaler.step(optimizer)
         scaler.update()
-        total += loss.detach() * len(index)
-    return total.item() / len(permutation)
+        yield loss.detach() * len(index), len(index)
 
 
 def _evaluate(model: nn.Module, data: Data, amp_dtype: torch.dtype | None) -> tuple[float, float]:
@@ -292,7 +312,7 @@ def _device() -> tuple[torch.device, torch.dtype | None]:
     return torch.device("cpu"), None
 
 
-def _configure_threads() -> int:
+def configure_threads() -> int:
     """As many intra-op threads as CPUs this container may use (affinity and cgroup quota), at least 1."""
     cpus: float = len(os.sched_getaffinity(0))
     try:
