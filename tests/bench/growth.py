@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import optuna
 from kubernetes import client
@@ -42,8 +43,8 @@ def seed(studies: Studies, name: str, count: int) -> None:
                 progress(f"  seeded {min(done * SEED_CHUNK, count)} of {count} trials")
 
 
-def database_ready(study: dict[str, object]) -> bool:
-    conditions = (study.get("status") or {}).get("conditions", [])  # type: ignore[union-attr]
+def database_ready(study: dict[str, Any]) -> bool:
+    conditions = (study.get("status") or {}).get("conditions", [])
     return any(c["type"] == DATABASE_READY and c["status"] == "True" for c in conditions)
 
 

@@ -49,11 +49,21 @@ class Run:
         busy = sum(end - start for start, end in self.pod_lifetimes)
         return busy / (PARALLELISM * self.wall_s)
 
-    def refill(self, next_starts: list[float]) -> list[float]:
-        """For each trial after the first M: its start (`next_starts`) minus the end that freed its slot."""
-        ends = sorted(end for _, end in self.windows)
-        starts = sorted(next_starts)[PARALLELISM:]
-        return [start - end for start, end in zip(starts, ends, strict=False)]
+    @property
+    def starts(self) -> list[float]:
+        return [start for start, _ in self.windows]
+
+    @property
+    def ends(self) -> list[float]:
+        return [end for _, end in self.windows]
+
+
+def gaps(later: list[float], earlier: list[float], skip: int = PARALLELISM) -> list[float]:
+    """The k-th of `later` (after the first `skip`) minus the k-th of `earlier`, both sorted.
+
+    With skip=M this pairs each objective's end with the trial that took its slot.
+    """
+    return [b - a for b, a in zip(sorted(later)[skip:], sorted(earlier), strict=False)]
 
 
 def windows(study: optuna.Study) -> list[tuple[float, float]]:
@@ -120,9 +130,13 @@ def run(quick: bool) -> list[Figure]:
         ours, dispatched = run_ours(kube, namespace, trials)
         progress(f"item 1: the same as an Indexed Job of {trials} pods sharing one study (the baseline)")
         baseline = run_baseline(kube, namespace, trials)
-    refill = ours.refill(dispatched)
-    to_start = ours.refill([start for start, _ in ours.windows])
-    baseline_to_start = baseline.refill([start for start, _ in baseline.windows])
+    refill, to_start = gaps(dispatched, ours.ends), gaps(ours.starts, ours.ends)
+    baseline_to_start = gaps(baseline.starts, baseline.ends)
+    pod_ends = [end for _, end in ours.pod_lifetimes]
+    stages = {"pod ended": gaps(pod_ends, ours.ends, 0), "next Job created": gaps(dispatched, pod_ends),
+              "its objective started": gaps(ours.starts, dispatched, 0)}
+    progress("  where a refill goes (p50): objective end -> " +
+             " -> ".join(f"{stage} {percentile(values, 50):.3f}s" for stage, values in stages.items()))
     return [
         Figure("refill_p50_s", percentile(refill, 50), "<= 0.5"),
         Figure("refill_p95_s", percentile(refill, 95), "<= 1.5"),

@@ -34,6 +34,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    # Kopf holds each object's events for this long to batch them; a trial pod's end should free its
+    # slot at once (each pod is its own object, so a short window batches little anyway).
+    settings.batching.batch_window = 0.01
     # Each study's passes run in the loop's default executor (database and API calls block):
     # size it for many studies at once rather than asyncio's cpu-count default.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))

@@ -153,9 +153,9 @@ class StudyLoop:
                 continue
             self.settle(body, spec, store, trial, job, latest_pods.get(trial.number), live, ended, now)
 
-        self.clean_up(jobs, {r.number for r in running}, live)
         if not (stopping or ended or self.stalled(spec, counts.failed)):
             self.dispatch(body, spec, store, len({r.number for r in running} | live), counts.created)
+        self.clean_up(jobs, {r.number for r in running}, live)  # after dispatch: a freed slot waits for nothing
 
         counts = store.counts()
         running = store.running()
