@@ -78,7 +78,7 @@ class SamplerName(StrEnum):
 
 
 class Sampler(Model):
-    name: SamplerName = Field(default=SamplerName.TPE, description="TPE (with constant liar) unless set.")
+    name: SamplerName = Field(default=SamplerName.TPE, description="TPE (tuned to the study's parallelism) unless set.")
     seed: int | None = Field(default=None, description="Seed for reproducible sampling.")
     options: dict[str, Any] = Field(
         default={}, description="Keyword arguments of the Optuna sampler, e.g. n_startup_trials for tpe.",
