@@ -70,10 +70,7 @@ def test_type_errors_name_the_field() -> None:
     assert problems({"budget": {"trials": "many"}})[0].startswith("spec.budget.trials:")
 
 
-def test_tpe_is_made_parallel_aware_and_grid_gets_its_points() -> None:
-    spec, _ = parse(study())
-    assert spec is not None
-    assert search.sampler_config(spec)["kwargs"]["constant_liar"] is True
+def test_grid_gets_its_points() -> None:
     grid, _ = parse(study(sampler={"name": "grid"}, searchSpace={
         "n": {"type": "int", "low": 0, "high": 4, "step": 2}, "c": {"type": "categorical", "choices": ["a", "b"]}}))
     assert grid is not None
