@@ -79,6 +79,10 @@ def open_storage(url: str, heartbeat_seconds: int) -> RDBStorage:
                 url.replace("{", "{{").replace("}", "}}"),
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_seconds,
+                # The operator made the tables and checked their version: every pod's start skips
+                # that round of schema queries.
+                skip_compatibility_check=True,
+                skip_table_creation=True,
             )
     except sqlalchemy.exc.ArgumentError:
         raise ConfigurationError("HPO_STORAGE_URL is not a valid SQLAlchemy database URL") from None
