@@ -7,10 +7,16 @@ and optimizer step. Both train the same network, built by the workload's own fun
 data with the same batch size, in this process, with the intra-op threads the workload would use.
 They take turns of :data:`SLICE_SECONDS`, so that load from other processes falls on both alike,
 until each has trained for at least :data:`MIN_SECONDS` after an uncounted warm-up.
+
+``make bench`` measures the CPU, as the issue asks. ``python -m tests.bench.workload --device cuda``
+measures the same on a GPU, with the workload's mixed precision on both sides; there the baseline keeps
+the data on the host and copies each batch over (pinned memory, non-blocking), as the textbook does.
+It prints the figures and leaves ``.bench/latest.json`` alone.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from abc import ABC, abstractmethod
@@ -21,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from hpo_trial.workloads import digits
-from tests.bench.report import Figure, progress
+from tests.bench.report import Figure, progress, table
 
 MIN_SECONDS = 10.0
 """Training time each side must reach (the issue's minimum), warm-up excluded."""
@@ -42,18 +48,24 @@ SLICE_SECONDS = 0.5
 
 
 def run(quick: bool) -> list[Figure]:
-    """Samples per second of the workload's training loop and of the DataLoader loop, and their ratio.
+    """Samples per second of the workload's training loop and of the DataLoader loop on the CPU, and their ratio.
 
     ``quick`` changes nothing: 10 s of training per side is already the minimum the issue sets.
     """
+    return measure(torch.device("cpu"), None)
+
+
+def measure(device: torch.device, amp_dtype: torch.dtype | None) -> list[Figure]:
+    """Both loops on ``device``, taking turns, with ``amp_dtype`` autocast (None: full precision)."""
     threads = digits.configure_threads()
-    data = digits.load_data(torch.device("cpu"))
+    data = digits.load_data(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{threads} intra-op threads"
     progress(
-        f"workload: {len(data.y_train)} training samples, {N_LAYERS}x{WIDTH} network, "
-        f"batch {BATCH_SIZE}, {threads} intra-op threads, >= {MIN_SECONDS:.0f} s of training per side; "
+        f"workload: {len(data.y_train)} training samples, {N_LAYERS}x{WIDTH} network, batch {BATCH_SIZE}, "
+        f"{where}, >= {MIN_SECONDS:.0f} s of training per side; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
-    ours, baseline = _Workload(data), _DataLoaderLoop(data)
+    ours, baseline = _Workload(data, amp_dtype), _DataLoaderLoop(data, amp_dtype)
     for side in (ours, baseline):
         side.train_for(WARM_UP_SECONDS)
     while min(ours.seconds, baseline.seconds) < MIN_SECONDS:
@@ -78,10 +90,17 @@ def run(quick: bool) -> list[Figure]:
 class _Side(ABC):
     """One way of training, timed: the samples it trained on and the seconds it took, warm-up excluded."""
 
-    def __init__(self, data: digits.Data) -> None:
+    def __init__(self, data: digits.Data, amp_dtype: torch.dtype | None) -> None:
         torch.manual_seed(SEED)
-        self.model = digits.build_model(data.x_train.shape[1], N_LAYERS, WIDTH, DROPOUT)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+        self.device = data.x_train.device
+        self.amp_dtype = amp_dtype
+        self.model = digits.build_model(data.x_train.shape[1], N_LAYERS, WIDTH, DROPOUT).to(self.device)
+        # As the objective builds them: fused AdamW on CUDA, loss scaling only for float16.
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=self.device.type == "cuda"
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        self.total = torch.zeros((), device=self.device)
         self.samples = 0
         self.seconds = 0.0
         self.warm = False
@@ -93,6 +112,8 @@ class _Side(ABC):
         samples = 0
         while time.perf_counter() < deadline:
             samples += self.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # count the kernels queued so far, not just their launch
         if self.warm:
             self.samples += samples
             self.seconds += time.perf_counter() - started
@@ -107,23 +128,23 @@ class _Side(ABC):
 
 
 class _Workload(_Side):
-    """The workload's own training loop, as ``objective`` runs it on the CPU.
+    """The workload's own training loop, as ``objective`` runs it.
 
-    That is :func:`hpo_trial.workloads.digits.train_steps` with no autocast and a disabled loss scaler,
-    the running loss summed as a tensor; a new epoch (a new permutation) when one ends.
+    That is :func:`hpo_trial.workloads.digits.train_steps`, the running loss summed as a tensor; a new
+    epoch (a new permutation) when one ends.
     """
 
-    def __init__(self, data: digits.Data) -> None:
-        super().__init__(data)
+    def __init__(self, data: digits.Data, amp_dtype: torch.dtype | None) -> None:
+        super().__init__(data, amp_dtype)
         self.data = data
-        self.scaler = torch.amp.GradScaler("cuda", enabled=False)  # what objective builds off the GPU
         self.epoch = 0
         self.steps = self._epoch()
-        self.total = torch.zeros(())
 
     def _epoch(self) -> Iterator[tuple[torch.Tensor, int]]:
         self.epoch += 1
-        return digits.train_steps(self.model, self.optimizer, self.scaler, self.data, BATCH_SIZE, None, self.epoch)
+        return digits.train_steps(
+            self.model, self.optimizer, self.scaler, self.data, BATCH_SIZE, self.amp_dtype, self.epoch
+        )
 
     def step(self) -> int:
         stepped = next(self.steps, None)
@@ -138,24 +159,50 @@ class _Workload(_Side):
 class _DataLoaderLoop(_Side):
     """The textbook loop: a shuffling DataLoader over a TensorDataset, feeding the same training step.
 
-    The step is ``train_steps``' own without its no-op autocast and scaler, the running loss kept alike.
+    The data stays on the host (pinned on a GPU machine) and each batch is copied to the device; the
+    step is ``train_steps``' own, the running loss kept alike.
     """
 
-    def __init__(self, data: digits.Data) -> None:
-        super().__init__(data)
-        self.loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=BATCH_SIZE, shuffle=True)
+    def __init__(self, data: digits.Data, amp_dtype: torch.dtype | None) -> None:
+        super().__init__(data, amp_dtype)
+        self.loader = DataLoader(
+            TensorDataset(data.x_train.cpu(), data.y_train.cpu()),
+            batch_size=BATCH_SIZE,
+            shuffle=True,
+            pin_memory=self.device.type == "cuda",
+        )
         self.batches = iter(self.loader)
-        self.total = torch.zeros(())
 
     def step(self) -> int:
         batch = next(self.batches, None)
         if batch is None:
             self.batches = iter(self.loader)
             return 0
-        x, y = batch
-        loss = nn.functional.cross_entropy(self.model(x), y)
+        x, y = (t.to(self.device, non_blocking=True) for t in batch)
+        amp = self.amp_dtype
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss = nn.functional.cross_entropy(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves backward unannotated
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]  # torch leaves backward unannotated
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.total += loss.detach() * len(y)
         return len(y)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.workload", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: the GPU with the workload's mixed precision (what a trial pod with a GPU runs)")
+    args = parser.parse_args()
+    if args.device == "cuda":
+        device, amp_dtype = digits.select_device()
+        if device.type != "cuda":
+            parser.error("--device cuda: torch sees no GPU here (torch.cuda.is_available() is False)")
+    else:
+        device, amp_dtype = torch.device("cpu"), None
+    print(table(measure(device, amp_dtype)))
+
+
+if __name__ == "__main__":
+    main()

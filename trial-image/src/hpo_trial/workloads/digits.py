@@ -8,7 +8,7 @@ that epoch's validation accuracy as the user attribute ``val_accuracy``.
 
 The data ships with scikit-learn (no download): 1,797 8x8 images. The originals are split 80/20
 before augmentation so no validation digit leaks into training; each training image is shifted by up
-to two pixels each way with a little deterministic noise (25 copies, about 36,000 samples) and each
+to two pixels each way, twice, with a little deterministic noise (50 copies, about 72,000 samples) and each
 validation image by up to one pixel (9 copies, about 3,200), which makes one epoch take about 1 to 4
 seconds on a 2-core CPU. ``HPO_QUICK_SCAN=1`` (``hpo-trial --quick-scan``) trains on a fixed subset of
 8,192 samples instead, for fast scans and smoke tests. The data is held as tensors on the device and
@@ -48,7 +48,7 @@ from torch import nn
 
 import hpo_trial
 
-__all__ = ["Data", "build_model", "configure_threads", "load_data", "objective", "train_steps"]
+__all__ = ["Data", "build_model", "configure_threads", "load_data", "objective", "select_device", "train_steps"]
 
 _logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def objective(trial: optuna.Trial) -> float:
     epochs = trial.suggest_int("epochs", 5, 20)
 
     threads = configure_threads()
-    device, amp_dtype = _device()
+    device, amp_dtype = select_device()
     quick_scan = os.environ.get(QUICK_SCAN_ENV, "") not in {"", "0", "false", "False"}
     data = load_data(device, quick_scan=quick_scan)
     _logger.info(
@@ -304,7 +304,7 @@ def _evaluate(model: nn.Module, data: Data, amp_dtype: torch.dtype | None) -> tu
     return loss.item() / n, correct.item() / n
 
 
-def _device() -> tuple[torch.device, torch.dtype | None]:
+def select_device() -> tuple[torch.device, torch.dtype | None]:
     """CUDA with a mixed-precision dtype when a GPU is there; the CPU in full precision otherwise."""
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
