@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -221,3 +223,26 @@ def test_losing_the_database_mid_trial_exits_3_with_a_clear_message(
     assert run.message.startswith("FAIL lost the connection to the study's database: "), run.message
     assert "Access denied" in run.message and "RUNNING" in run.message
     assert database.password not in run.output + run.message
+
+
+def test_a_trial_pod_opens_its_storage_without_optuna_schema_versioning(
+    operator: OperatorSide, database: Database
+) -> None:
+    """Opening the storage neither imports alembic nor touches the version tables: the operator did that.
+
+    Alembic and Optuna's version manager are about a fifth of a trial pod's CPU (README, Benchmarks).
+    The runtime leaves them out by swapping a private Optuna name; this fails if a new Optuna renames it.
+    """
+    operator.create_study()
+    probe = (
+        "import sys\n"
+        "from hpo_trial import attach\n"
+        "storage = attach.open_storage(sys.argv[1], 60)\n"
+        "print(storage.get_all_studies()[0].study_name)\n"
+        "print(sorted(name for name in sys.modules if name.partition('.')[0] == 'alembic'))\n"
+    )
+
+    result = subprocess.run([sys.executable, "-c", probe, database.url], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["study", "[]"]
