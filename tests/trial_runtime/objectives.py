@@ -7,6 +7,7 @@ what the objective saw goes to a file named by ``TEST_RECORD``, progress goes to
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -32,6 +33,15 @@ def record_params(trial: optuna.Trial) -> float:
     extra = trial.suggest_float("extra", 0.0, 1.0)
     Path(os.environ["TEST_RECORD"]).write_text(json.dumps({"x": x, "n": n, "kind": kind, "extra": extra}))
     return x * n + extra
+
+
+def flush_at_exit(trial: optuna.Trial) -> float:
+    """Leave a buffered file open and an atexit handler, as experiment trackers do; both must reach disk."""
+    record = Path(os.environ["TEST_RECORD"])
+    buffered = record.with_suffix(".buffered").open("w")  # never closed: the interpreter's exit flushes it
+    buffered.write("written by the objective")
+    atexit.register(record.write_text, f"atexit handler ran after trial {trial.number}")
+    return 1.0
 
 
 def report_a_curve(trial: optuna.Trial) -> float:

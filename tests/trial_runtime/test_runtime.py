@@ -246,3 +246,21 @@ def test_a_trial_pod_opens_its_storage_without_optuna_schema_versioning(
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["study", "[]"]
+
+
+def test_what_an_objective_leaves_for_the_exit_still_reaches_disk(
+    operator: OperatorSide, start_trial: RunTrial, tmp_path: Path
+) -> None:
+    """The runtime ends fast (it skips the interpreter's last full garbage collection) but ends cleanly:
+    the objective's atexit handlers run and its open files are flushed, as trackers such as MLflow expect."""
+    study = operator.create_study()
+    trial = operator.ask(study)
+    record = tmp_path / "exit.txt"
+
+    run = start_trial(
+        operator.assignment(study, trial, objective="objectives:flush_at_exit"), env={"TEST_RECORD": str(record)}
+    )
+
+    assert run.wait() == 0, run.output
+    assert record.read_text() == f"atexit handler ran after trial {trial.number}"
+    assert record.with_suffix(".buffered").read_text() == "written by the objective"

@@ -7,6 +7,7 @@ Reads the flags and the environment the operator set, runs the assigned trial
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> None:
         write_termination_message(args.termination_log, outcome)
         if guard.received is not None and outcome.word != "INTERRUPTED":
             _logger.info("a stop signal arrived while the outcome was recorded; the trial is finished regardless")
+    # The interpreter's last garbage collection walks every object Optuna, SQLAlchemy and NumPy made: 0.2 s
+    # of CPU after the outcome is stored, and the operator refills the slot only when the pod has ended.
+    # Frozen objects are left to the OS; atexit handlers and ordinary finalizers still run.
+    gc.freeze()
     sys.exit(int(outcome.exit_code))
 
 
