@@ -80,10 +80,11 @@ def namespace(kube: client.ApiClient, prefix: str) -> Iterator[str]:
 
 @dataclass
 class PodTimes:
-    """When this machine saw a pod appear and end (its whole life as a slot holder), and its labels."""
+    """When this machine saw a pod appear, start running and end (its whole life as a slot holder), and its labels."""
 
     seen: float
     labels: dict[str, str]
+    running: float | None = None
     ended: float | None = None
 
 
@@ -139,6 +140,8 @@ class Timeline:
 
     def _pod(self, kind: str, pod: client.V1Pod, now: float) -> None:
         times = self.pods.setdefault(pod.metadata.name, PodTimes(now, dict(pod.metadata.labels or {})))
+        if times.running is None and pod.status.phase in ("Running", "Succeeded", "Failed"):
+            times.running = now
         if times.ended is None and (kind == "DELETED" or pod.status.phase in ("Succeeded", "Failed")):
             times.ended = now
 

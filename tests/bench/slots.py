@@ -75,14 +75,13 @@ def lifetimes(timeline: harness.Timeline) -> list[tuple[float, float]]:
     return [(p.seen, p.ended) for p in timeline.ended_pods() if p.ended is not None]
 
 
-def run_ours(kube: client.ApiClient, namespace: str, trials: int) -> tuple[Run, list[float]]:
+def run_ours(kube: client.ApiClient, namespace: str, trials: int) -> tuple[Run, harness.Timeline]:
     studies = Studies(kube, namespace)
     with harness.Timeline(kube, namespace) as timeline:
         submitted = time.time()
         studies.create(STUDY, harness.study_spec(trials, PARALLELISM, SLEEP_S))
         harness.await_studies(studies, [STUDY], timeout=trials * SLEEP_S + 300)
-    run = Run(submitted, windows(studies.optuna_study(STUDY)), lifetimes(timeline))
-    return run, list(timeline.trial_dispatch_times().values())
+    return Run(submitted, windows(studies.optuna_study(STUDY)), lifetimes(timeline)), timeline
 
 
 def run_baseline(kube: client.ApiClient, namespace: str, trials: int) -> Run:
@@ -127,14 +126,18 @@ def run(quick: bool) -> list[Figure]:
     kube = harness.api()
     with harness.namespace(kube, "slots") as namespace:
         progress(f"item 1: {trials} trials of {SLEEP_S:g} s, parallelism {PARALLELISM}, through the operator")
-        ours, dispatched = run_ours(kube, namespace, trials)
+        ours, timeline = run_ours(kube, namespace, trials)
         progress(f"item 1: the same as an Indexed Job of {trials} pods sharing one study (the baseline)")
         baseline = run_baseline(kube, namespace, trials)
+    dispatched = list(timeline.trial_dispatch_times().values())
     refill, to_start = gaps(dispatched, ours.ends), gaps(ours.starts, ours.ends)
     baseline_to_start = gaps(baseline.starts, baseline.ends)
-    pod_ends = [end for _, end in ours.pod_lifetimes]
+    pods = timeline.ended_pods()
+    pod_ends, pod_seen = [p.ended for p in pods if p.ended], [p.seen for p in pods]
+    pod_running = [p.running for p in pods if p.running]
     stages = {"pod ended": gaps(pod_ends, ours.ends, 0), "next Job created": gaps(dispatched, pod_ends),
-              "its objective started": gaps(ours.starts, dispatched, 0)}
+              "its pod created": gaps(pod_seen, dispatched, 0), "pod running": gaps(pod_running, pod_seen, 0),
+              "its objective started": gaps(ours.starts, pod_running, 0)}
     progress("  where a refill goes (p50): objective end -> " +
              " -> ".join(f"{stage} {percentile(values, 50):.3f}s" for stage, values in stages.items()))
     return [
