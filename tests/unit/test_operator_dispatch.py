@@ -10,6 +10,7 @@ import pytest
 from hpo_operator import database, dispatch
 from hpo_operator.outcomes import Outcome, classify, summarise
 from hpo_operator.validation import parse
+from tests.legacy_names import colliding_studies
 
 pytestmark = pytest.mark.unit
 NOW = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC)
@@ -55,13 +56,56 @@ def test_free_slots_respect_parallelism_and_budget(occupied: int, created: int, 
     assert dispatch.free_slots(2, occupied, created, 4) == expected
 
 
-def test_database_names_are_safe_short_and_distinct_for_lookalike_studies() -> None:
+def test_trial_pods_get_no_service_account_token_unless_the_template_asks() -> None:
+    assert build()["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    asked = build(trial={"template": {"spec": {"automountServiceAccountToken": True}}})
+    assert asked["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+
+
+def test_trial_pods_of_a_tls_study_mount_the_servers_ca_from_the_storage_secret() -> None:
+    spec, _ = parse({"budget": {"trials": 1}})
+    assert spec is not None
+    ref = dispatch.TrialRef("team", "mnist", "mnist", "mnist-storage", storage_tls=True)
+    job = dispatch.build_job(spec, ref, 0, 0, {}, "trial:1")
+    pod = job["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == dispatch.STORAGE_TLS_VOLUME)
+    assert volume["secret"] == {"secretName": "mnist-storage", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == dispatch.STORAGE_TLS_VOLUME)
+    assert f"{mount['mountPath']}/ca.crt" == database.TLS_CA_PATH
+
+
+SAFE_NAME = set("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def test_database_and_user_names_are_safe_fit_mysql_and_differ_for_lookalike_studies() -> None:
     a, b = database.names_for("team", "my-study"), database.names_for("team", "my_study")
-    assert a != b and all(len(n) <= 31 for n in (a, b))
+    assert len({a.database, b.database, a.user, b.user, a.reader, b.reader}) == 6
+    longest = database.names_for("n" * 63, "s" * 253)
+    assert len(longest.database) <= 64 and len(longest.user) <= 32 and len(longest.reader) <= 32
     injected = database.names_for("ns", "x`; DROP DATABASE mysql; --")
-    assert set(injected) <= set("abcdefghijklmnopqrstuvwxyz0123456789_")
-    url = database.storage_url(database.Server("db", 3306, "root", "pw"), a, "p{a}ss")
-    assert url == f"mysql+pymysql://{a}:p%7Ba%7Dss@db:3306/{a}?charset=utf8mb4"
+    assert all(set(name) <= SAFE_NAME for name in (injected.database, injected.user, injected.reader))
+
+
+def test_names_that_collided_under_the_former_32_bit_scheme_no_longer_meet() -> None:
+    victim, attacker = colliding_studies("t-1234abcd-victim", "t-1234abcd-victim-x")
+    assert database.legacy_database("t-1234abcd-victim", victim) == \
+        database.legacy_database("t-1234abcd-victim-x", attacker)
+    ours, theirs = database.names_for("t-1234abcd-victim", victim), database.names_for("t-1234abcd-victim-x", attacker)
+    assert ours.database != theirs.database and ours.user != theirs.user and ours.reader != theirs.reader
+
+
+def test_the_storage_url_encodes_the_password_and_names_the_ca_when_tls_is_on() -> None:
+    server = database.Server("db", 3306, "root", "pw")
+    assert database.storage_url(server, "u", "d", "p{a}ss") == "mysql+pymysql://u:p%7Ba%7Dss@db:3306/d?charset=utf8mb4"
+    tls = database.Server("db", 3306, "root", "pw", database.Tls(ca_pem="PEM", verify_identity=False))
+    assert database.storage_url(tls, "u", "d", "pw").endswith(
+        "?charset=utf8mb4&ssl_ca=%2Fvar%2Frun%2Fhpo%2Fstorage-tls%2Fca.crt&ssl_check_hostname=false")
+
+
+def test_no_password_is_printed_in_a_server_or_credentials_repr() -> None:
+    server = database.Server("db", 3306, "root", "admin-secret-1", database.Tls(ca_pem="PEM"))
+    credentials = database.Credentials("study-secret-2", "reader-secret-3", "hpo_x")
+    assert "secret" not in repr(server) + repr(credentials)
 
 
 def pod(phase: str, **status: object) -> dict:

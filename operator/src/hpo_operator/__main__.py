@@ -16,7 +16,7 @@ import sys
 
 from kopf.cli import main as kopf_main
 
-from hpo_operator.settings import Settings
+from hpo_operator.settings import Settings, SettingsError
 
 
 def peering_flags(env: dict[str, str]) -> list[str]:
@@ -32,7 +32,10 @@ def peering_flags(env: dict[str, str]) -> list[str]:
 
 
 def main() -> None:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        raise SystemExit(f"hpo-operator: {error}") from None
     scope = [f"--namespace={n}" for n in settings.namespaces] or ["--all-namespaces"]
     sys.argv = ["kopf", "run", *peering_flags(dict(os.environ)), *scope, *sys.argv[1:], "-m", "hpo_operator.handlers"]
     kopf_main()

@@ -85,6 +85,11 @@ def render() -> dict[str, Any]:
         }
         for field in IMMUTABLE_ONCE_STARTED
     ]
+    rules.append({
+        "rule": f"self.metadata.name.size() <= {models.MAX_NAME_LENGTH}",
+        "message": f"metadata.name may have at most {models.MAX_NAME_LENGTH} characters: the study's Secret "
+                   f"<name>{models.READONLY_SECRET_SUFFIX} must be a valid name too",
+    })
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

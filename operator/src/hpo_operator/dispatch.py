@@ -14,11 +14,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from hpo_operator.database import TLS_CA_DIR, TLS_CA_KEY
 from hpo_operator.models import ATTEMPT_LABEL, STUDY_LABEL, TRIAL_LABEL, HpoStudySpec
 
 PROTOCOL = 1  # the assignment format hpo-trial understands (see hpo_trial.assignment)
 TRIAL_CONTAINER = "trial"
 CHECKPOINT_VOLUME = "hpo-checkpoints"
+STORAGE_TLS_VOLUME = "hpo-storage-tls"
 HEARTBEAT_SECONDS = 10
 
 
@@ -30,6 +32,7 @@ class TrialRef:
     study: str
     optuna_study: str
     storage_secret: str
+    storage_tls: bool = False  # the storage Secret holds the server's CA (ca.crt), which pods must mount
 
 
 def label_value(name: str) -> str:
@@ -97,6 +100,8 @@ def build_job(spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, tria
     metadata["labels"] = {**metadata.get("labels", {}), **trial_labels}
     pod_spec = template.setdefault("spec", {})
     pod_spec["restartPolicy"] = "Never"
+    # No API token unless the template asks for one (the operator's policy has allowed it).
+    pod_spec["automountServiceAccountToken"] = pod_spec.get("automountServiceAccountToken") is True
     if spec.budget.trial_timeout_seconds:
         pod_spec["activeDeadlineSeconds"] = spec.budget.trial_timeout_seconds
 
@@ -113,6 +118,11 @@ def build_job(spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, tria
     names = {e["name"] for e in ours}
     container["env"] = [e for e in container.get("env", []) if e.get("name") not in names] + ours
 
+    if ref.storage_tls:
+        pod_spec.setdefault("volumes", []).append({"name": STORAGE_TLS_VOLUME, "secret": {
+            "secretName": ref.storage_secret, "items": [{"key": TLS_CA_KEY, "path": TLS_CA_KEY}]}})
+        container.setdefault("volumeMounts", []).append(
+            {"name": STORAGE_TLS_VOLUME, "mountPath": TLS_CA_DIR, "readOnly": True})
     if spec.checkpoints.claim_name:
         pod_spec.setdefault("volumes", []).append(
             {"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": spec.checkpoints.claim_name}}

@@ -16,11 +16,11 @@ from typing import Any
 
 import kopf
 
-from hpo_operator import metrics, validation
+from hpo_operator import metrics, redaction, validation
 from hpo_operator.dispatch import label_value
 from hpo_operator.models import GROUP, PLURAL, STUDY_LABEL, VERSION
 from hpo_operator.outcomes import JobSummary, PodSummary, summarise, summarise_job
-from hpo_operator.reconcile import StudyLoop, StudyProblem
+from hpo_operator.reconcile import ProvisioningProblem, StudyLoop, StudyProblem
 from hpo_operator.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -41,6 +41,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # size it for many studies at once rather than asyncio's cpu-count default.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
     logging.getLogger("kopf.objects").addFilter(_QuietWakeups())
+    redaction.remember(SETTINGS.mysql_password)
+    redaction.install()
     metrics.serve(SETTINGS.metrics_port)
 
 
@@ -127,9 +129,13 @@ def delete_study(name: str, namespace: str | None, spec: kopf.Spec, memo: kopf.M
                  **_: Any) -> None:
     assert namespace is not None
     parsed, _problems = validation.parse(dict(spec))
-    loop: StudyLoop = memo.get("loop") or StudyLoop(namespace, name, SETTINGS)
-    if parsed is None:
+    loop: StudyLoop = memo.get("loop") or StudyLoop(namespace, name, SETTINGS, logger=logger)
+    if parsed is None or not SETTINGS.serves(namespace):
         return  # never provisioned
-    loop.deprovision(parsed)
+    try:
+        loop.deprovision(parsed)
+    except ProvisioningProblem as problem:  # a retry cannot fix it: let the study go, keep its database
+        logger.error(f"the study's database was not dropped: {problem}")
+        return
     kept = "dropped" if parsed.storage.deletion_policy.value == "Delete" else "kept"
     logger.info(f"study {namespace}/{name} deleted; its database was {kept}")

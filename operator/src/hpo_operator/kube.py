@@ -14,6 +14,7 @@ from kubernetes import client, config
 from kubernetes.client import ApiException
 
 from hpo_operator.models import GROUP, PLURAL, VERSION
+from hpo_operator.redaction import redact
 
 _api: client.ApiClient | None = None
 
@@ -55,22 +56,37 @@ def delete_job(namespace: str, name: str) -> None:
             raise
 
 
+def ensure_secret(namespace: str, name: str, data: dict[str, str], owner: dict[str, Any]) -> None:
+    """Create the study's Secret, or bring an existing one's keys to ``data`` (others are kept)."""
+    current = read_secret(namespace, name)
+    if current is None:
+        create_owned({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                      "metadata": {"name": name, "namespace": namespace}, "stringData": data}, owner)
+    elif any(current.get(key) != value for key, value in data.items()):
+        client.CoreV1Api(api()).patch_namespaced_secret(name, namespace, {"stringData": data})
+
+
 def event(body: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
     """Post an Event on the study (Kopf queues it; safe from the study's worker thread)."""
-    (kopf.warn if warning else kopf.info)(kopf.Body(cast(kopf.RawBody, body)), reason=reason, message=message)
+    (kopf.warn if warning else kopf.info)(kopf.Body(cast(kopf.RawBody, body)), reason=reason, message=redact(message))
 
 
 def read_secret(namespace: str, name: str) -> dict[str, str] | None:
+    """A Secret's data as text (None when it does not exist)."""
     try:
         secret = client.CoreV1Api(api()).read_namespaced_secret(name, namespace)
     except ApiException as error:
         if error.status == 404:
             return None
         raise
-    return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+    return {key: base64.b64decode(value).decode(errors="replace") for key, value in (secret.data or {}).items()}
 
 
 def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Write the study's status; its messages are masked like every other output."""
+    status = {**status, "message": redact(status.get("message", ""))} if "message" in status else status
+    if "conditions" in status:
+        status["conditions"] = [{**c, "message": redact(c.get("message", ""))} for c in status["conditions"]]
     client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, PLURAL, name, {"status": status}
     )

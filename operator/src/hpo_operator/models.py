@@ -19,6 +19,9 @@ PLURAL = "hpostudies"
 STUDY_LABEL = f"{GROUP}/study"
 TRIAL_LABEL = f"{GROUP}/trial"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
+# A study's Secrets are `<name>-storage` and `<name>-storage-readonly`, which must stay valid names.
+READONLY_SECRET_SUFFIX = "-storage-readonly"
+MAX_NAME_LENGTH = 253 - len(READONLY_SECRET_SUFFIX)
 # On each trial Job: when the operator created it, to the microsecond (Kubernetes keeps whole seconds).
 DISPATCHED_AT_ANNOTATION = f"{GROUP}/dispatched-at"
 
@@ -128,17 +131,56 @@ class DeletionPolicy(StrEnum):
     DELETE = "Delete"
 
 
+# A DNS subdomain (RFC 1123), as Kubernetes names most objects; also matches IPv4 addresses.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+HOST_NAME = r"^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*\.?$"
+
+
 class SecretRef(Model):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
+                      description="A Secret in the study's own namespace.")
+
+
+class SecretKeyRef(Model):
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
+                      description="A Secret in the study's own namespace.")
+    key: str = Field(default="ca.crt", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$",
+                     description="The key that holds the PEM certificates.")
+
+
+class TlsMode(StrEnum):
+    VERIFY_CA = "VerifyCA"
+    VERIFY_IDENTITY = "VerifyIdentity"
+
+
+class StorageTls(Model):
+    """TLS to the server a study names; its users then require TLS, from the operator and trial pods alike."""
+
+    mode: TlsMode = Field(
+        default=TlsMode.VERIFY_IDENTITY,
+        description="VerifyIdentity checks the server's certificate against the CA and its name against the host; "
+                    "VerifyCA the certificate only.",
+    )
+    ca_secret: SecretKeyRef = Field(description="The CA that signed the server's certificate (PEM).")
 
 
 class Storage(Model):
-    """The MySQL server that holds the study; unset fields come from the operator's defaults."""
+    """The MySQL server that holds the study; unset fields come from the operator's defaults.
 
-    host: str | None = Field(default=None, description="MySQL host (default: the operator's).")
-    port: int | None = Field(default=None, ge=1, le=65535)
+    The operator's own admin is used on the operator's server only: a study that names another
+    server must bring that server's admin in `adminSecret`.
+    """
+
+    host: str | None = Field(default=None, max_length=253, pattern=HOST_NAME,
+                             description="MySQL host name or IPv4 address (default: the operator's server).")
+    port: int | None = Field(default=None, ge=1, le=65535, description="MySQL port (default: the operator's).")
     admin_secret: SecretRef | None = Field(
-        default=None, description="Secret with keys username and password of a MySQL admin (default: the operator's)."
+        default=None, description="Secret with keys username and password of an admin of the server; required "
+                                  "when host or port names another server than the operator's.",
+    )
+    tls: StorageTls | None = Field(
+        default=None, description="TLS to the server named in host (the operator's server follows the operator's "
+                                  "settings).",
     )
     deletion_policy: DeletionPolicy = Field(
         default=DeletionPolicy.RETAIN, description="Retain keeps the study's database when the study is deleted."

@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import datetime
 import logging
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpo_operator import database, dispatch, kube, metrics, search, validation
+from hpo_operator import database, dispatch, kube, metrics, redaction, search, validation
 from hpo_operator import status as st
-from hpo_operator.models import DISPATCHED_AT_ANNOTATION, DeletionPolicy, EndPolicy, HpoStudySpec, Phase
+from hpo_operator.models import (
+    DISPATCHED_AT_ANNOTATION,
+    READONLY_SECRET_SUFFIX,
+    DeletionPolicy,
+    EndPolicy,
+    HpoStudySpec,
+    Phase,
+    TlsMode,
+)
 from hpo_operator.outcomes import JobSummary, Outcome, PodSummary, Verdict, classify
 from hpo_operator.settings import Settings
 from hpo_operator.storage import FinishedTrial, RunningTrial, StudyStore, pareto_front
@@ -26,6 +35,14 @@ _logger = logging.getLogger(__name__)
 
 class StudyProblem(Exception):
     """A pass could not finish (database unreachable, ...); the message says what to do."""
+
+
+class ProvisioningProblem(StudyProblem):
+    """The study's database cannot be made ready yet; `reason` is the DatabaseReady condition's reason."""
+
+    def __init__(self, message: str, reason: str = st.REASON_DATABASE_ERROR) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -41,6 +58,8 @@ class StudyLoop:
     pareto: list[FinishedTrial] | None = None
     previous_running: set[int] = field(default_factory=set)
     reported_problems: str = ""
+    database_name: str = ""  # the study's database, once provisioned
+    storage_tls: bool = False  # its server's connections use TLS (trial pods mount the CA)
     last_status: dict[str, Any] | None = None
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = field(default_factory=lambda: _logger)
 
@@ -48,42 +67,82 @@ class StudyLoop:
     def secret_name(self) -> str:
         return f"{self.name}-storage"
 
+    @property
+    def reader_secret_name(self) -> str:
+        return f"{self.name}{READONLY_SECRET_SUFFIX}"
+
     # -- provisioning -------------------------------------------------------------------------
 
     def server(self, spec: HpoStudySpec) -> database.Server:
-        default = self.settings.default_server
-        host, port = spec.storage.host or default.host, spec.storage.port or default.port
-        if spec.storage.admin_secret is None:
-            return database.Server(host, port, default.admin_user, default.admin_password)
-        secret = kube.read_secret(self.namespace, spec.storage.admin_secret.name)
-        if not secret or "username" not in secret or "password" not in secret:
-            raise StudyProblem(f"Secret {spec.storage.admin_secret.name} (spec.storage.adminSecret) needs the "
-                               "keys username and password")
-        return database.Server(host, port, secret["username"], secret["password"])
+        """The study's server, with the admin that belongs to it (the policy has checked the pairing)."""
+        default, storage = self.settings.default_server, spec.storage
+        if storage.admin_secret is None:
+            return default
+        where = f"Secret {storage.admin_secret.name} (spec.storage.adminSecret)"
+        secret = kube.read_secret(self.namespace, storage.admin_secret.name)
+        if secret is None or not secret.get("username") or not secret.get("password"):
+            found = "does not exist" if secret is None else "lacks the key username or password"
+            raise ProvisioningProblem(f"{where} {found} in namespace {self.namespace}; create it with the keys "
+                                      "username and password of an admin of the study's MySQL server",
+                                      st.REASON_ADMIN_SECRET)
+        redaction.remember(secret["password"])
+        default_server = self.settings.policy.uses_default_server(storage)
+        tls = default.tls if default_server else self.study_tls(spec)
+        return database.Server(storage.host or default.host, storage.port or default.port, secret["username"],
+                               secret["password"], tls)
+
+    def study_tls(self, spec: HpoStudySpec) -> database.Tls:
+        tls = spec.storage.tls
+        if tls is None:
+            return database.Tls()
+        ref = tls.ca_secret
+        pem = (kube.read_secret(self.namespace, ref.name) or {}).get(ref.key, "")
+        try:
+            ssl.create_default_context(cadata=pem)
+        except (ssl.SSLError, ValueError):
+            raise ProvisioningProblem(f"key {ref.key} of Secret {ref.name} (spec.storage.tls.caSecret) is missing or "
+                                      "not a PEM certificate; put the CA that signed the server's certificate there",
+                                      st.REASON_TLS_CA) from None
+        return database.Tls(ca_pem=pem, verify_identity=tls.mode is TlsMode.VERIFY_IDENTITY)
 
     def provision(self, body: dict[str, Any], spec: HpoStudySpec) -> StudyStore:
-        """Make the database, its user, the storage Secret and the Optuna study (all idempotent)."""
+        """Make the database, its users, the two storage Secrets and the Optuna study (all idempotent)."""
         server = self.server(spec)
-        db_name = database.names_for(self.namespace, self.name)
-        existing = kube.read_secret(self.namespace, self.secret_name)
-        password = existing.get("password") if existing else None
-        password = password or database.new_password()
-        url = database.storage_url(server, db_name, password)
-        with metrics.DATABASE_LATENCY.time():
-            database.provision(server, db_name, password)
-        if existing is None:
-            kube.create_owned({
-                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": self.secret_name, "namespace": self.namespace},
-                "stringData": {"url": url, "password": password, "database": db_name},
-            }, owner=body)
-        StudyStore.create(url, self.name, spec)
-        return StudyStore(url, self.name)
+        writer = kube.read_secret(self.namespace, self.secret_name) or {}
+        reader = kube.read_secret(self.namespace, self.reader_secret_name) or {}
+        credentials = database.Credentials(password=writer.get("password") or database.new_password(),
+                                           reader_password=reader.get("password") or database.new_password(),
+                                           claimed_database=writer.get("database"))
+        redaction.remember(credentials.password, credentials.reader_password)
+        try:
+            with metrics.DATABASE_LATENCY.time():
+                names = database.provision(server, self.namespace, self.name, credentials)
+        except database.OwnershipConflict as error:
+            raise ProvisioningProblem(str(error), st.REASON_DATABASE_CONFLICT) from error
+        except database.DatabaseError as error:
+            raise ProvisioningProblem(str(error)) from error
+        tls = {database.TLS_CA_KEY: server.tls.ca_pem} if server.tls.ca_pem else {}
+        urls = {}
+        for secret, user, password in ((self.secret_name, names.user, credentials.password),
+                                       (self.reader_secret_name, names.reader, credentials.reader_password)):
+            urls[secret] = database.storage_url(server, user, names.database, password)
+            kube.ensure_secret(self.namespace, secret, {"url": urls[secret], "username": user, "password": password,
+                                                        "database": names.database, **tls}, owner=body)
+        url, connect_args = urls[self.secret_name], database.connect_args(server.tls)
+        StudyStore.create(url, connect_args, self.name, spec)
+        self.database_name, self.storage_tls = names.database, server.tls.enabled
+        return StudyStore(url, connect_args, self.name)
 
     def deprovision(self, spec: HpoStudySpec) -> None:
+        """Drop the study's database under policy Delete (only what the server records as the study's)."""
         self.close()
-        if spec.storage.deletion_policy is DeletionPolicy.DELETE:
-            database.drop(self.server(spec), database.names_for(self.namespace, self.name))
+        if spec.storage.deletion_policy is not DeletionPolicy.DELETE:
+            return
+        if self.settings.policy.storage_problems(spec.storage):
+            self.logger.warning("the study's spec.storage breaks the operator's policy: its database is not dropped")
+            return
+        dropped = database.drop(self.server(spec), self.namespace, self.name)
+        self.logger.info(f"dropped database {dropped.database}" if dropped else "no database recorded to drop")
 
     def close(self) -> None:
         if self.store is not None:
@@ -97,22 +156,40 @@ class StudyLoop:
         raw_status = body.get("status") or {}
         generation = body["metadata"].get("generation")
         spec, problems = validation.parse(body.get("spec") or {})
-        if spec is None:
+        if not self.settings.serves(self.namespace):
+            problems.insert(0, validation.Problem(
+                "metadata.namespace", f"the operator does not serve its own namespace {self.namespace}, where its "
+                                      "admin credentials live; create the study in another namespace"))
+        elif spec is not None:
+            problems = self.settings.policy.check(spec)
+        if spec is None or problems:
             self.reject(body, problems, generation, raw_status)
             return
         if self.store is None:
             try:
                 self.store = self.provision(body, spec)
-            except database.DatabaseError as error:
-                kube.patch_status(self.namespace, self.name, st.render(st.Facts(
-                    Phase.PENDING, str(error), spec.budget.trials, generation,
-                    conditions=[st.ConditionUpdate(st.VALIDATED, True, st.REASON_VALID),
-                                st.ConditionUpdate(st.DATABASE_READY, False, st.REASON_DATABASE_ERROR, str(error))],
-                ), raw_status.get("conditions", [])))
-                raise StudyProblem(str(error)) from error
-            kube.event(body, reason="DatabaseReady", message=f"Optuna study ready in database "
-                                                            f"{database.names_for(self.namespace, self.name)}")
+            except ProvisioningProblem as problem:
+                self.report_unready(body, spec, problem, generation, raw_status)
+                raise
+            was_ready = any(c.get("type") == st.DATABASE_READY and c.get("status") == "True"
+                            for c in raw_status.get("conditions", []))
+            if not was_ready:
+                kube.event(body, reason="DatabaseReady", message=f"Optuna study ready in database {self.database_name}")
+            self.reported_problems = ""
         self.step(body, spec, pods, jobs, generation, raw_status)
+
+    def report_unready(self, body: dict[str, Any], spec: HpoStudySpec, problem: ProvisioningProblem,
+                       generation: int | None, raw_status: dict[str, Any]) -> None:
+        """Pending with DatabaseReady=False and why; one Event per distinct problem, not one per retry."""
+        message = str(problem)
+        kube.patch_status(self.namespace, self.name, st.render(st.Facts(
+            Phase.PENDING, message, spec.budget.trials, generation,
+            conditions=[st.ConditionUpdate(st.VALIDATED, True, st.REASON_VALID),
+                        st.ConditionUpdate(st.DATABASE_READY, False, problem.reason, message)],
+        ), raw_status.get("conditions", [])))
+        if message != self.reported_problems:
+            kube.event(body, reason=problem.reason, message=message, warning=True)
+            self.reported_problems = message
 
     def reject(self, body: dict[str, Any], problems: list[validation.Problem], generation: int | None,
                raw_status: dict[str, Any]) -> None:
@@ -224,7 +301,7 @@ class StudyLoop:
 
     def start_attempt(self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, number: int,
                       trial_id: int, attempt: int) -> None:
-        ref = dispatch.TrialRef(self.namespace, self.name, self.name, self.secret_name)
+        ref = dispatch.TrialRef(self.namespace, self.name, self.name, self.secret_name, self.storage_tls)
         assignment = dispatch.assignment(spec, ref, number, trial_id, search.sampler_config(spec),
                                          search.pruner_config(spec))
         job = dispatch.build_job(spec, ref, number, attempt, assignment, self.settings.trial_image)

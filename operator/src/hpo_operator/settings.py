@@ -1,15 +1,44 @@
 """Operator-wide settings, from the environment (the Helm chart and `make operator-up` set them).
 
 Defaults for what a study may leave out (the MySQL server, the trial image) live here, so a study
-need not repeat them; the admin password is held here and used only for provisioning.
+need not repeat them; the admin password is held here and used only for provisioning on the
+default server. The policy studies must follow (`policy.py`) is configured here too.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from hpo_operator.database import Server
+from hpo_operator.database import Server, Tls
+from hpo_operator.policy import Policy
+
+TLS_MODES = ("disabled", "verify-ca", "verify-identity")
+
+
+class SettingsError(Exception):
+    """An operator setting is wrong; the message names the variable and the fix."""
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def tls_from(mode: str, ca_file: str) -> Tls:
+    """The default server's TLS from `HPO_MYSQL_TLS` and `HPO_MYSQL_TLS_CA`."""
+    mode = mode.strip().lower() or "disabled"
+    if mode not in TLS_MODES:
+        raise SettingsError(f"HPO_MYSQL_TLS={mode!r}: use one of {', '.join(TLS_MODES)}")
+    if mode == "disabled":
+        return Tls()
+    if not ca_file:
+        raise SettingsError(f"HPO_MYSQL_TLS={mode} needs HPO_MYSQL_TLS_CA, the path of the CA's PEM file")
+    try:
+        pem = Path(ca_file).read_text()
+    except OSError as error:
+        raise SettingsError(f"HPO_MYSQL_TLS_CA={ca_file}: cannot read it ({error.strerror})") from error
+    return Tls(ca_pem=pem, verify_identity=mode == "verify-identity")
 
 
 @dataclass(frozen=True)
@@ -18,15 +47,27 @@ class Settings:
     mysql_port: int = 3306
     mysql_user: str = ""
     mysql_password: str = field(default="", repr=False)
+    mysql_tls: Tls = field(default_factory=Tls)
     trial_image: str = "ghcr.io/hpo-operator/trial:0.1.0"
     namespaces: tuple[str, ...] = ()
+    operator_namespace: str = ""
+    storage_hosts: tuple[str, ...] = ()
+    trial_service_accounts: tuple[str, ...] = ()
     metrics_port: int = 9090
     resync_seconds: float = 10.0
     kept_failed_jobs: int = 3
 
     @property
     def default_server(self) -> Server:
-        return Server(self.mysql_host, self.mysql_port, self.mysql_user, self.mysql_password)
+        return Server(self.mysql_host, self.mysql_port, self.mysql_user, self.mysql_password, self.mysql_tls)
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(self.mysql_host, self.mysql_port, self.storage_hosts, self.trial_service_accounts)
+
+    def serves(self, namespace: str) -> bool:
+        """The operator's own namespace (where its admin Secret lives) is served only when listed."""
+        return namespace != self.operator_namespace or namespace in self.namespaces
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -36,8 +77,12 @@ class Settings:
             mysql_port=int(env.get("HPO_MYSQL_PORT", cls.mysql_port)),
             mysql_user=env.get("HPO_MYSQL_USER", ""),
             mysql_password=env.get("HPO_MYSQL_PASSWORD", ""),
+            mysql_tls=tls_from(env.get("HPO_MYSQL_TLS", ""), env.get("HPO_MYSQL_TLS_CA", "")),
             trial_image=env.get("HPO_TRIAL_IMAGE", cls.trial_image),
-            namespaces=tuple(n for n in env.get("HPO_NAMESPACES", "").split(",") if n),
+            namespaces=_list(env.get("HPO_NAMESPACES", "")),
+            operator_namespace=env.get("HPO_OPERATOR_NAMESPACE", ""),
+            storage_hosts=_list(env.get("HPO_STORAGE_HOSTS", "")),
+            trial_service_accounts=_list(env.get("HPO_TRIAL_SERVICE_ACCOUNTS", "")),
             metrics_port=int(env.get("HPO_METRICS_PORT", cls.metrics_port)),
             resync_seconds=float(env.get("HPO_RESYNC_SECONDS", cls.resync_seconds)),
         )

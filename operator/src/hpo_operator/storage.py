@@ -62,10 +62,16 @@ class FinishedTrial:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def open_storage(url: str) -> RDBStorage:
-    # Recycle connections well below MySQL's wait_timeout; pre-ping survives server restarts.
+def open_storage(url: str, connect_args: dict[str, Any]) -> RDBStorage:
+    """The study's storage as its own user (the admin made the tables: no DDL here).
+
+    ``connect_args`` (`database.connect_args`) bound every statement's time, refuse clear-text
+    passwords and carry the TLS context. Connections are recycled well below MySQL's wait_timeout;
+    pre-ping survives server restarts.
+    """
     storage = RDBStorage(url, engine_kwargs={"pool_pre_ping": True, "pool_recycle": 900, "pool_size": 2,
-                                             "max_overflow": 4}, skip_table_creation=False)
+                                             "max_overflow": 4, "connect_args": connect_args},
+                         skip_table_creation=True)
     sqlalchemy.event.listen(storage.engine, "before_cursor_execute", _count_statement)
     return storage
 
@@ -77,17 +83,17 @@ def _count_statement(*_: Any) -> None:
 class StudyStore:
     """One study's trials, read cheaply and written through Optuna."""
 
-    def __init__(self, url: str, study_name: str) -> None:
-        self.storage = open_storage(url)
+    def __init__(self, url: str, connect_args: dict[str, Any], study_name: str) -> None:
+        self.storage = open_storage(url, connect_args)
         self.study_name = study_name
         self.study_id = self.storage.get_study_id_from_name(study_name)
         self._study: optuna.Study | None = None
         self._sampler_config: dict[str, Any] | None = None
 
     @staticmethod
-    def create(url: str, study_name: str, spec: HpoStudySpec) -> None:
+    def create(url: str, connect_args: dict[str, Any], study_name: str, spec: HpoStudySpec) -> None:
         """Create the Optuna study (idempotent) and queue the warm-start parameter sets once."""
-        storage = open_storage(url)
+        storage = open_storage(url, connect_args)
         try:
             study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
                                         directions=[d.value for d in spec.objective.directions])

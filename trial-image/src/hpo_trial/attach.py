@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 import optuna.storages._rdb.storage
+import pymysql
 import sqlalchemy.exc
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -73,6 +74,7 @@ def open_storage(url: str, heartbeat_seconds: int) -> RDBStorage:
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
             "read_timeout": READ_WRITE_TIMEOUT_SECONDS,
             "write_timeout": READ_WRITE_TIMEOUT_SECONDS,
+            "auth_plugin_map": {"mysql_clear_password": _RefuseCleartext, "dialog": _RefuseCleartext},
         }
     try:
         with warnings.catch_warnings(), _without_version_manager():
@@ -99,6 +101,19 @@ def open_storage(url: str, heartbeat_seconds: int) -> RDBStorage:
                 "for the operator to retry"
             ) from error
         raise ConfigurationError(f"cannot use the study's database: {storage_error_reason(error)}") from error
+
+
+class _RefuseCleartext:
+    """A PyMySQL auth-plugin handler: the study's password is never sent in clear text.
+
+    PyMySQL answers a server's ``mysql_clear_password`` (or ``dialog``) request with the bare password.
+    """
+
+    def __init__(self, connection: object) -> None:
+        pass
+
+    def authenticate(self, _packet: object) -> None:
+        raise pymysql.err.OperationalError(2059, "the server asked for the password in clear text; refused")
 
 
 class _SchemaCheckedByOperator:
