@@ -36,9 +36,11 @@ import yaml
 from kubernetes import client
 
 from hpo_operator import database
+from tests import mysql
 from tests.conftest import ROOT
-from tests.e2e.conftest import OBJECTIVES
+from tests.e2e.conftest import OBJECTIVES, start_operator
 from tests.helpers import wait_for
+from tests.mysql import admin_server
 from tests.studies import Studies
 
 pytestmark = pytest.mark.e2e
@@ -130,11 +132,6 @@ def _create_namespace(core: client.CoreV1Api, name: str, labels: dict[str, str] 
              30, f"namespace {name} to get its default ServiceAccount and root CA")
 
 
-def _server(env: dict[str, str]) -> database.Server:
-    return database.Server(env["HPO_MYSQL_HOST"], int(env["HPO_MYSQL_PORT"]), env["HPO_MYSQL_USER"],
-                           env["HPO_MYSQL_PASSWORD"])
-
-
 @pytest.fixture(scope="module")
 def chart(kube: client.ApiClient, testbed_env: dict[str, str],
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chart]:
@@ -178,12 +175,11 @@ def chart(kube: client.ApiClient, testbed_env: dict[str, str],
             name = study["metadata"]["name"]
             api.patch_namespaced_custom_object("hpo.dev", "v1alpha1", setup.studies_namespace, "hpostudies", name,
                                                {"metadata": {"finalizers": None}})
-            database.drop(_server(testbed_env), database.names_for(setup.studies_namespace, name))
+            database.drop(admin_server(testbed_env), setup.studies_namespace, name)
         for namespace in (setup.studies_namespace, setup.namespace):
             core.delete_namespace(namespace)
         if dev_operator:
-            subprocess.run([str(PYTHON), "-m", "tests.testbed", "operator-up"], cwd=ROOT, check=True,
-                           capture_output=True)
+            start_operator()
 
 
 # --- lint and renders --------------------------------------------------------------------------
@@ -214,7 +210,7 @@ def _option_args(chart: Chart, option: str) -> list[str]:
         OPTIONS[4]: ["--set", "metrics.serviceMonitor.enabled=true",
                      "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"],
         OPTIONS[5]: ["--set", "networkPolicy.enabled=true", "--set", "dashboard.enabled=true",
-                     "--set", "dashboard.database=hpo_example"],
+                     "--set", f"dashboard.study={chart.studies_namespace}/s"],
         OPTIONS[6]: ["--set", "namespace.create=true"],
         OPTIONS[7]: ["--set", "operator.replicas=2"],
     }[option]
@@ -245,10 +241,14 @@ def test_each_option_renders_and_passes_a_server_side_dry_run(chart: Chart, opti
         assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
     else:
         assert not monitors
-    if option == "dashboard":  # the database the operator gives that study
+    if option == "dashboard":  # in the study's namespace, as the study's read-only user, never the admin
         (dashboard,) = [o for o in objects if o["kind"] == "Deployment" and "dashboard" in o["metadata"]["name"]]
-        url = dashboard["spec"]["template"]["spec"]["containers"][0]["args"][0]
-        assert url.split("?")[0].rsplit("/", 1)[1] == database.names_for(chart.studies_namespace, "s")
+        assert dashboard["metadata"]["namespace"] == chart.studies_namespace
+        container = dashboard["spec"]["template"]["spec"]["containers"][0]
+        assert container["args"][0] == "$(DB_URL)"
+        assert {"name": "DB_URL", "valueFrom": {"secretKeyRef": {"name": "s-storage-readonly", "key": "url"}}} \
+            in container["env"]
+        assert "admin" not in json.dumps(dashboard)
     manifest = yaml.safe_dump_all([o for o in objects if o["kind"] != "ServiceMonitor"])
     result = chart.kubectl("apply", "--dry-run=server", "-f", "-", input=manifest)
     assert "would violate PodSecurity" not in result.stderr, result.stderr
@@ -266,7 +266,10 @@ def test_a_wrong_value_fails_with_a_message_naming_it(chart: Chart) -> None:
     for args, message in [(["--set", "rbac.scope=everywhere"], "/rbac/scope"),
                           (["--set", "operator.metricsPort=70000"], "/operator/metricsPort"),
                           (["--set", "mysql.enabled=false"], "/mysql/external"),
-                          (["--set", "dashboard.enabled=true"], "/dashboard")]:
+                          (["--set", "dashboard.enabled=true"], "/dashboard"),
+                          (["--set", "rbac.scope=namespaced"], "/watchNamespaces"),
+                          (["--set", "mysql.tls.mode=verify-ca"], "/mysql/tls"),
+                          (["--set", "policy.storageHosts={db/x}"], "/policy/storageHosts/0")]:
         result = chart.helm("template", "bad", str(CHART), *args, check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr
 
@@ -300,7 +303,7 @@ ALLOWED_IN_SERVED = [
     ("patch", "hpostudies.hpo.dev --subresource=status"),
     ("list", "pods"), ("watch", "pods"),
     ("list", "jobs.batch"), ("watch", "jobs.batch"), ("create", "jobs.batch"), ("delete", "jobs.batch"),
-    ("get", "secrets"), ("create", "secrets"),
+    ("get", "secrets"), ("create", "secrets"), ("patch", "secrets"),
     ("create", "events"),
     ("list", "kopfpeerings.kopf.dev"), ("watch", "kopfpeerings.kopf.dev"),
 ]
@@ -330,6 +333,35 @@ def test_the_service_account_may_do_what_the_operator_does_and_nothing_more(char
     answers = chart.can_all(allowed + denied)
     assert [case for case in allowed if not answers[case]] == [], "the operator needs these"
     assert [case for case in denied if answers[case]] == [], "the operator does not need these"
+
+
+def test_study_authors_get_studies_through_the_built_in_edit_and_view_roles(chart: Chart) -> None:
+    rbac = client.RbacAuthorizationV1Api(chart.kube)
+    for user, role in (("alice", "edit"), ("bob", "view")):
+        rbac.create_namespaced_role_binding(chart.studies_namespace, client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name=f"{user}-{role}"),
+            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role),
+            subjects=[client.RbacV1Subject(kind="User", name=user, api_group="rbac.authorization.k8s.io")]))
+    served = chart.studies_namespace
+    expected: dict[Case, bool] = {
+        ("create", "hpostudies.hpo.dev", served): True, ("delete", "hpostudies.hpo.dev", served): True,
+        ("patch", "hpostudies.hpo.dev --subresource=status", served): False,
+    }
+    # The aggregation controller copies the chart's rules into edit and view shortly after install.
+    wait_for(lambda: chart.can_i("create", "hpostudies.hpo.dev", served, "alice"), 60, "edit to include hpostudies")
+    assert chart.can_all(list(expected), "alice") == expected
+    viewer: dict[Case, bool] = {("get", "hpostudies.hpo.dev", served): True,
+                                ("watch", "hpostudies.hpo.dev", served): True,
+                                ("create", "hpostudies.hpo.dev", served): False}
+    wait_for(lambda: chart.can_i("get", "hpostudies.hpo.dev", served, "bob"), 60, "view to include hpostudies")
+    assert chart.can_all(list(viewer), "bob") == viewer
+
+
+def test_without_rbac_create_the_chart_makes_no_cluster_wide_role(chart: Chart) -> None:
+    kinds = {o["kind"] for o in chart.render("--set", "rbac.create=false")}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    names = [o["metadata"]["name"] for o in chart.render() if o["kind"].startswith("Cluster")]
+    assert names and all(name.startswith("render-") for name in names), "cluster-wide objects carry the release"
 
 
 def _study_spec(chart: Chart, trials: int, parallelism: int, sleep: float) -> dict[str, Any]:
@@ -534,5 +566,6 @@ def test_uninstall_removes_the_release_and_keeps_the_crd_and_the_studies_data(
     client.ApiextensionsV1Api(chart.kube).read_custom_resource_definition("hpostudies.hpo.dev")
     studies = Studies(chart.kube, chart.studies_namespace)
     for name, trials in (("incluster", 4), ("upgrade", 6), ("failover", 6)):
-        assert database.exists(_server(testbed_env), database.names_for(chart.studies_namespace, name))
+        names = mysql.recorded(admin_server(testbed_env), chart.studies_namespace, name)
+        assert names is not None and mysql.exists(admin_server(testbed_env), names.database)
         assert len(studies.optuna_study(name).trials) == trials

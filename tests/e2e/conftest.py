@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -21,11 +22,25 @@ from tests.studies import Studies
 OBJECTIVES = Path(__file__).with_name("objectives.py")
 
 
+# The operator's policy in these tests: studies may name the fake servers on 127.0.0.2 besides the
+# default server (127.0.0.1), trial pods may run as `trainer`, and `hpo-operator-home` plays the
+# operator's own namespace (where the chart keeps the admin Secret).
+OPERATOR_NAMESPACE = "hpo-operator-home"
+OPERATOR_POLICY = {"HPO_STORAGE_HOSTS": "127.0.0.1,127.0.0.2", "HPO_TRIAL_SERVICE_ACCOUNTS": "trainer",
+                   "HPO_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE}
+
+
+def start_operator() -> int:
+    """`make operator-up` with the tests' policy (idempotent; restarts an operator with other settings)."""
+    subprocess.run([sys.executable, "-m", "tests.testbed", "operator-up"], cwd=ROOT, check=True,
+                   env={**os.environ, **OPERATOR_POLICY})
+    return int((ROOT / ".testbed" / "operator.pid").read_text())
+
+
 @pytest.fixture(scope="session")
 def operator(kube: client.ApiClient) -> int:
-    """The operator as `make operator-up` runs it (idempotent); returns its pid."""
-    subprocess.run([sys.executable, "-m", "tests.testbed", "operator-up"], cwd=ROOT, check=True)
-    return int((ROOT / ".testbed" / "operator.pid").read_text())
+    """The operator as `make operator-up` runs it, with the tests' policy; returns its pid."""
+    return start_operator()
 
 
 @pytest.fixture

@@ -42,3 +42,17 @@ def crash(trial: optuna.Trial) -> float:
     """Dies like a segfault or OOM kill would: no result is told, the process just ends."""
     trial.suggest_float("x", -5, 5)
     os._exit(5)
+
+
+def has_api_token(trial: optuna.Trial) -> float:
+    """1 when the pod has a ServiceAccount token mounted, else 0 (trial pods get none unless allowed)."""
+    trial.suggest_float("x", -5, 5)
+    return float(os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount/token"))
+
+
+def flaky(trial: optuna.Trial) -> float:
+    """Raises on odd-numbered trials (a failed trial with a traceback in its log), else (x - 2)^2."""
+    x = trial.suggest_float("x", -5, 5)
+    if trial.number % 2:
+        raise RuntimeError(f"trial {trial.number} fails on purpose")
+    return (x - 2) ** 2

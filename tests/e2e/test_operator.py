@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from typing import Any
 
 import optuna
-import pymysql
 import pytest
 from kubernetes import client
 
 from hpo_operator import database
+from tests import mysql
 from tests.conftest import ROOT
+from tests.e2e.conftest import start_operator
 from tests.helpers import wait_for
+from tests.mysql import admin_server
 from tests.studies import Studies
 
 pytestmark = pytest.mark.e2e
@@ -163,7 +163,7 @@ def test_operator_killed_mid_study_still_ends_with_exactly_n_trials(
                  "finish two trials")
     pid = int((ROOT / ".testbed" / "operator.pid").read_text())
     os.kill(pid, signal.SIGKILL)
-    subprocess.run([sys.executable, "-m", "tests.testbed", "operator-up"], cwd=ROOT, check=True)
+    start_operator()
     studies.wait_phase("crash", "Succeeded", 240)
     pods.stop()
     study = studies.optuna_study("crash")
@@ -179,20 +179,16 @@ def test_deletion_drops_the_database_only_under_policy_delete_and_lookalike_name
                                    storage={"deletionPolicy": "Delete"}))
     studies.wait_phase("keep-me", "Succeeded")
     studies.wait_phase("keep.me", "Succeeded")
-    kept, dropped = (database.names_for(studies.namespace, n) for n in ("keep-me", "keep.me"))
-    assert kept != dropped
-    server = database.Server(testbed_env["HPO_MYSQL_HOST"], int(testbed_env["HPO_MYSQL_PORT"]),
-                             testbed_env["HPO_MYSQL_USER"], testbed_env["HPO_MYSQL_PASSWORD"])
-    assert database.exists(server, kept) and database.exists(server, dropped)
+    server = admin_server(testbed_env)
+    kept, dropped = (mysql.recorded(server, studies.namespace, n) for n in ("keep-me", "keep.me"))
+    assert kept is not None and dropped is not None and kept.database != dropped.database
+    assert mysql.exists(server, kept.database) and mysql.exists(server, dropped.database)
     for name in ("keep-me", "keep.me"):
         studies.api.delete_namespaced_custom_object("hpo.dev", "v1alpha1", studies.namespace, "hpostudies", name)
-    wait_for(lambda: not database.exists(server, dropped), 60, "the Delete-policy database to be dropped")
-    assert database.exists(server, kept)
-    database.drop(server, kept)
-    with pymysql.connect(host=server.host, port=server.port, user=server.admin_user,
-                         password=server.admin_password) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT COUNT(*) FROM mysql.user WHERE user = %s", (dropped,))
-        assert cursor.fetchone() == (0,)
+    wait_for(lambda: not mysql.exists(server, dropped.database), 60, "the Delete-policy database to be dropped")
+    assert mysql.exists(server, kept.database)
+    assert mysql.users(server, dropped.user, dropped.reader) == set()
+    database.drop(server, studies.namespace, "keep-me")
 
 
 def test_a_running_study_refuses_immutable_edits_and_continues_when_its_budget_grows(

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from hpo_operator import database
+from tests import mysql
 from tests.fake_mysql import FakeMySQL
 from tests.legacy_names import colliding_studies
 
@@ -146,25 +147,16 @@ def test_a_crafted_claim_on_another_studys_database_is_refused_and_changes_nothi
 
 @pytest.fixture
 def legacy_study(server: database.Server) -> Iterator[Callable[[str, str], str]]:
-    """A study as the former operator provisioned it: 32-bit name, one user with ALL PRIVILEGES, 2 trials."""
-    made: list[str] = []
+    """Studies as the former operator provisioned them (see `tests.mysql.legacy_study`); dropped after."""
+    made: list[tuple[str, str]] = []
 
     def make(ns: str, name: str) -> str:
-        legacy, password = database.legacy_database(ns, name), database.new_password()
-        with connect(server, server.admin_user, server.admin_password) as admin, admin.cursor() as cursor:
-            cursor.execute(f"CREATE DATABASE `{legacy}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-            cursor.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (legacy, password))
-            cursor.execute(f"GRANT ALL PRIVILEGES ON `{legacy}`.* TO %s@'%%'", (legacy,))
-        made.append(legacy)
-        url = f"mysql+pymysql://{legacy}:{password}@{server.host}:{server.port}/{legacy}?charset=utf8mb4"
-        optuna.create_study(storage=url, study_name=name).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
-        return password
+        made.append((ns, name))
+        return mysql.legacy_study(server, ns, name)[1]
 
     yield make
-    with connect(server, server.admin_user, server.admin_password) as admin, admin.cursor() as cursor:
-        for legacy in made:
-            cursor.execute(f"DROP DATABASE IF EXISTS `{legacy}`")
-            cursor.execute("DROP USER IF EXISTS %s@'%%'", (legacy,))
+    for ns, name in made:
+        mysql.drop_legacy(server, ns, name)
 
 
 def test_a_study_provisioned_before_the_upgrade_keeps_its_data_with_least_privilege(

@@ -154,18 +154,23 @@ def require_running(what: str) -> int:
 
 def start_extra(name: str, argv: list[str], env: dict[str, str], ready: Callable[[], bool],
                 timeout: float = 120) -> int:
-    """Have the supervisor run ``argv`` as `name` (idempotent: a live one is kept, a dead one replaced)."""
+    """Have the supervisor run ``argv`` as `name` (idempotent: a live one with the same command and
+    environment is kept, a dead one replaced, one with another command or environment restarted)."""
     pid = require_running(name)
     supervisor.EXTRAS.mkdir(exist_ok=True)
     spec = supervisor.EXTRAS / f"{name}.json"
-    spec.write_text(json.dumps({"argv": argv, "env": env}))
+    pid_file = layout.TESTBED / f"{name}.pid"
+    wanted = json.dumps({"argv": argv, "env": env})
+    changed = not spec.exists() or spec.read_text() != wanted
+    previous = int(pid_file.read_text()) if changed and pid_file.exists() else None
+    spec.write_text(wanted)
     spec.chmod(0o600)  # the environment may hold credentials
     os.kill(pid, signal.SIGHUP)
-    pid_file = layout.TESTBED / f"{name}.pid"
 
     def up_and_ready() -> bool:
         try:
-            return is_alive(int(pid_file.read_text())) and ready()
+            current = int(pid_file.read_text())
+            return current != previous and is_alive(current) and ready()
         except (OSError, ValueError):
             return False
 

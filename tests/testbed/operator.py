@@ -1,12 +1,14 @@
 """`make operator-up` / `operator-down`: the operator as a supervised process against the testbed.
 
 It runs from .venv as the `hpo-operator` console script with the testbed's admin kubeconfig and
-MariaDB as its default server; `.testbed/operator.pid` is that process itself, and its log is
-`.testbed/logs/operator.log`. The chart (`make chart-up`) runs it in-cluster instead.
+MariaDB as its default server, and the caller's `HPO_*` settings; `.testbed/operator.pid` is that
+process itself, and its log is `.testbed/logs/operator.log`. Calling it again with other settings
+restarts the operator with them. The chart (`make chart-up`) runs it in-cluster instead.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import urllib.request
 
@@ -25,21 +27,28 @@ def _healthy() -> bool:
         return False
 
 
-def environment() -> dict[str, str]:
-    """The operator's environment: the kubeconfig and the default MySQL server, nothing else of ours."""
+def environment(caller: dict[str, str]) -> dict[str, str]:
+    """The operator's environment: the kubeconfig, the default MySQL server, and the caller's `HPO_*`.
+
+    The caller's own `HPO_*` settings (`HPO_STORAGE_HOSTS=... make operator-up`) pass through and win
+    over the testbed's defaults, except the metrics port, which benchmarks and tests read here.
+    """
     values = {}
     for line in cluster.ENV_FILE.read_text().splitlines():
         if line.startswith("export HPO_MYSQL_"):
             key, _, value = line.removeprefix("export ").partition("=")
             values[key] = value
+    settings = {key: value for key, value in caller.items()
+                if key.startswith("HPO_") and not key.startswith(("HPO_TESTBED_", "HPO_CACHE_"))}
     return {
         "PATH": f"{layout.VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(layout.TESTBED),
         "KUBECONFIG": str(cluster.KUBECONFIG),
-        "HPO_METRICS_PORT": str(METRICS_PORT),
         "HPO_TRIAL_IMAGE": "hpo-trial:local",
         "PYTHONUNBUFFERED": "1",
         **values,
+        **settings,
+        "HPO_METRICS_PORT": str(METRICS_PORT),
     }
 
 
@@ -48,7 +57,7 @@ def up() -> None:
     subprocess.run([str(layout.BIN / "kubectl"), "--kubeconfig", str(cluster.KUBECONFIG), "apply",
                     "--server-side", "-f", str(CRDS)], check=True, stdout=subprocess.DEVNULL)
     argv = [str(layout.VENV_BIN / "hpo-operator"), f"--liveness=http://127.0.0.1:{LIVENESS_PORT}/healthz"]
-    pid = cluster.start_extra("operator", argv, environment(), _healthy)
+    pid = cluster.start_extra("operator", argv, environment(dict(os.environ)), _healthy)
     print(f"operator running (pid {pid}); log: .testbed/logs/operator.log; metrics: "
           f"http://127.0.0.1:{METRICS_PORT}/metrics")
 

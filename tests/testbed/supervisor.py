@@ -7,8 +7,8 @@ SIGTERM it stops the services in reverse order and exits. Its state file tells `
 how far it got and, on failure, which log to read.
 
 Other targets (`operator-up`) add processes the same way: they drop a spec in `.testbed/services/`
-and send SIGHUP; the supervisor starts what is missing or dead and stops what lost its spec, and
-writes each one's pid to `.testbed/<name>.pid`.
+and send SIGHUP; the supervisor starts what is missing or dead, restarts what got a new spec, stops
+what lost its spec, and writes each one's pid to `.testbed/<name>.pid`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class Supervisor:
         self.services = services(bin_dir)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.extras: dict[str, subprocess.Popen[bytes]] = {}
+        self.extra_specs: dict[str, object] = {}
         self.state: dict[str, object] = {"pid": os.getpid(), "phase": "starting", "services": {}}
         self.waiting = False
         self.reload_pending = False
@@ -105,7 +106,8 @@ class Supervisor:
                                          message=f"{name} exited with code {process.returncode}; see {log}")
 
     def sync_extras(self) -> None:
-        """Start each extra in .testbed/services/ that is not running; stop those whose spec is gone."""
+        """Start each extra in .testbed/services/ that is not running; stop those whose spec is gone;
+        restart those whose spec changed."""
         specs = {path.stem: json.loads(path.read_text()) for path in EXTRAS.glob("*.json")}
         for name, process in list(self.extras.items()):
             if name not in specs:
@@ -113,8 +115,11 @@ class Supervisor:
                 del self.extras[name]
                 (layout.TESTBED / f"{name}.pid").unlink(missing_ok=True)
         for name, spec in specs.items():
+            if name in self.extras and self.extra_specs.get(name) != spec:  # new settings: restart with them
+                _stop_process(self.extras.pop(name), 30)
             if name not in self.extras or self.extras[name].returncode is not None:
                 self.extras[name] = self.spawn(name, spec["argv"], spec["env"])
+                self.extra_specs[name] = spec
                 (layout.TESTBED / f"{name}.pid").write_text(f"{self.extras[name].pid}\n")
         self.write_state()
 

@@ -45,14 +45,13 @@ helm.sh/chart: {{ include "hpo-operator.chart" .ctx }}
 {{- end }}
 {{- end }}
 
-{{/* The namespaces served, as JSON (empty: every namespace). Namespaced RBAC without a list serves
-     the release namespace. */}}
+{{/* The namespaces served, as JSON (empty: every namespace but the release's own, where the admin
+     Secret lives; the operator serves that one only when it is listed). */}}
 {{- define "hpo-operator.watchNamespaces" -}}
 {{- if and (eq .Values.rbac.scope "namespaced") (empty .Values.watchNamespaces) }}
-{{- list .Release.Namespace | toJson }}
-{{- else }}
-{{- .Values.watchNamespaces | uniq | toJson }}
+{{- fail "rbac.scope=namespaced needs watchNamespaces: list the namespaces whose studies the operator serves" }}
 {{- end }}
+{{- .Values.watchNamespaces | uniq | toJson }}
 {{- end }}
 
 {{/* Kopf peering: one object named after the release, cluster-scoped when every namespace is
@@ -99,14 +98,6 @@ helm.sh/chart: {{ include "hpo-operator.chart" .ctx }}
 {{- end }}
 {{- end }}
 
-{{/* A study's database name, as the operator derives it (hpo_operator.database.names_for):
-     hpo_<slug of namespace_name, 18 chars>_<first 8 hex of sha256("namespace/name")>. */}}
-{{- define "hpo-operator.studyDatabase" -}}
-{{- $parts := splitList "/" . -}}
-{{- $slug := regexReplaceAll "[^a-z0-9]+" (lower (printf "%s_%s" (index $parts 0) (index $parts 1))) "_" | trimAll "_" | trunc 18 | trimAll "_" }}
-{{- printf "hpo_%s_%s" $slug (sha256sum . | trunc 8) }}
-{{- end }}
-
 {{/* The restricted Pod Security level: pod and container parts. */}}
 {{- define "hpo-operator.podSecurityContext" -}}
 runAsNonRoot: true
@@ -126,7 +117,8 @@ capabilities:
 {{- end }}
 
 {{/* What the operator does in the namespaces it serves (verified against kube.py, reconcile.py and
-     Kopf 1.45: watching, patching finalizers/annotations, posting core v1 Events). */}}
+     Kopf 1.45: watching, patching finalizers/annotations, posting core v1 Events; reading the admin and
+     CA Secrets a study names, writing the study's two storage Secrets). */}}
 {{- define "hpo-operator.namespacedRules" -}}
 - apiGroups: [hpo.dev]
   resources: [hpostudies]
@@ -142,7 +134,7 @@ capabilities:
   verbs: [list, watch, create, delete]
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create]
+  verbs: [get, create, patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
