@@ -87,9 +87,9 @@ def run_ours(kube: client.ApiClient, namespace: str, trials: int) -> tuple[Run, 
 def run_baseline(kube: client.ApiClient, namespace: str, trials: int) -> Run:
     """N pods, M at a time, each loading the shared study cold and running one trial with stock settings."""
     server = harness.mysql_admin()
-    db_name, password = database.names_for(namespace, BASELINE), database.new_password()
-    database.provision(server, db_name, password)
-    url = database.storage_url(server, db_name, password)
+    credentials = database.Credentials(database.new_password(), database.new_password())
+    names = database.provision(server, namespace, BASELINE, credentials)
+    url = database.storage_url(server, names.user, names.database, credentials.password)
     optuna.create_study(study_name=BASELINE, storage=url)
     core, batch = client.CoreV1Api(kube), client.BatchV1Api(kube)
     core.create_namespaced_secret(namespace, client.V1Secret(
@@ -111,7 +111,7 @@ def run_baseline(kube: client.ApiClient, namespace: str, trials: int) -> Run:
             wait_for(lambda: len(timeline.ended_pods()) >= trials, 60, "the watch to see every pod end")
         return Run(submitted, windows(optuna.load_study(study_name=BASELINE, storage=url)), lifetimes(timeline))
     finally:
-        database.drop(server, db_name)
+        database.drop(server, namespace, BASELINE)
 
 
 def _job_complete(batch: client.BatchV1Api, namespace: str) -> bool:

@@ -22,11 +22,12 @@ from tests.studies import Studies
 OBJECTIVES = Path(__file__).with_name("objectives.py")
 
 
-# The operator's policy in these tests: studies may name the fake servers on 127.0.0.2 besides the
-# default server (127.0.0.1), trial pods may run as `trainer`, and `hpo-operator-home` plays the
-# operator's own namespace (where the chart keeps the admin Secret).
+# The operator's policy in these tests: besides the default server (127.0.0.1), studies may name
+# 127.0.0.2 (where tests run fake MySQL servers) and the testbed's MariaDB as `localhost`; trial pods
+# may run as `trainer`; `hpo-operator-home` plays the operator's own namespace (where the chart keeps
+# the admin Secret).
 OPERATOR_NAMESPACE = "hpo-operator-home"
-OPERATOR_POLICY = {"HPO_STORAGE_HOSTS": "127.0.0.1,127.0.0.2", "HPO_TRIAL_SERVICE_ACCOUNTS": "trainer",
+OPERATOR_POLICY = {"HPO_STORAGE_HOSTS": "127.0.0.1,127.0.0.2,localhost", "HPO_TRIAL_SERVICE_ACCOUNTS": "trainer",
                    "HPO_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE}
 
 

@@ -22,7 +22,7 @@ from kubernetes import client
 
 from hpo_operator import database
 from tests import mysql
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TESTBED
 from tests.e2e.conftest import OBJECTIVES, OPERATOR_NAMESPACE
 from tests.fake_mysql import FakeMySQL
 from tests.helpers import wait_for
@@ -116,6 +116,31 @@ def test_a_missing_admin_secret_is_reported_and_provisioning_waits_for_it(
                {"username": testbed_env["HPO_MYSQL_USER"], "password": testbed_env["HPO_MYSQL_PASSWORD"]})
     studies.wait_phase("later", "Succeeded", 180)
     database.drop(mysql.admin_server(testbed_env), studies.namespace, "later")
+
+
+def test_a_study_on_a_tls_server_verifies_it_and_its_trial_pods_use_tls(
+    studies: Studies, objectives: dict[str, Any], kube: client.ApiClient, testbed_env: dict[str, str]
+) -> None:
+    core, server = client.CoreV1Api(kube), mysql.admin_server(testbed_env)
+    add_secret(core, studies.namespace, "db-admin",
+               {"username": testbed_env["HPO_MYSQL_USER"], "password": testbed_env["HPO_MYSQL_PASSWORD"]})
+    add_secret(core, studies.namespace, "db-ca", {"ca.crt": (TESTBED / "pki" / "ca.crt").read_text()})
+    # `localhost` is the testbed's MariaDB under a name its certificate holds, but not the operator's server.
+    studies.create("tls", study_spec(objectives, trials=2, storage={
+        "host": "localhost", "port": server.port, "adminSecret": {"name": "db-admin"},
+        "tls": {"caSecret": {"name": "db-ca"}, "mode": "VerifyIdentity"}}))
+    try:
+        studies.wait_phase("tls", "Succeeded")
+        names = mysql.recorded(server, studies.namespace, "tls")
+        assert names is not None
+        with mysql.admin(server) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT user, ssl_type FROM mysql.user WHERE user IN (%s, %s)", (names.user, names.reader))
+            assert set(cursor.fetchall()) == {(names.user, "ANY"), (names.reader, "ANY")}, "both require TLS"
+        stored = secret(core, studies.namespace, "tls-storage")
+        assert stored["ca.crt"] == (TESTBED / "pki" / "ca.crt").read_text()
+        assert "ssl_check_hostname=true" in stored["url"]
+    finally:
+        database.drop(server, studies.namespace, "tls")
 
 
 # --- 2. names no other study can reach -----------------------------------------------------------

@@ -8,6 +8,8 @@ in clear text).
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,10 +17,15 @@ from typing import Any
 import optuna
 import pymysql
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from sqlalchemy.engine import make_url
 
 from hpo_operator import database
 from tests import mysql
+from tests.conftest import TESTBED
 from tests.fake_mysql import FakeMySQL
 from tests.legacy_names import colliding_studies
 
@@ -213,3 +220,33 @@ def test_the_admin_password_is_never_sent_in_clear_text() -> None:
 def test_a_storage_url_the_operator_writes_is_one_sqlalchemy_reads_back(server: database.Server) -> None:
     url = make_url(database.storage_url(server, "hpo_u", "hpo_d", "p@ss/w{or}d"))
     assert (url.username, url.password, url.database) == ("hpo_u", "p@ss/w{or}d", "hpo_d")
+
+
+def _other_ca() -> str:
+    """A CA that signed nothing the testbed runs."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone else's CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_with_tls_the_server_must_prove_itself_and_the_studys_users_require_tls(server: database.Server) -> None:
+    tls = dataclasses.replace(server, tls=database.Tls(ca_pem=(TESTBED / "pki" / "ca.crt").read_text()))
+    ns, credentials = namespace(), database.Credentials(database.new_password(), database.new_password())
+    names = database.provision(tls, ns, "tls", credentials)
+    try:
+        pymysql.connect(host=server.host, port=server.port, user=names.user, password=credentials.password,
+                        **database.connect_args(tls.tls)).close()
+        with pytest.raises(pymysql.err.OperationalError, match="Access denied"):
+            pymysql.connect(host=server.host, port=server.port, user=names.user, password=credentials.password,
+                            ssl_disabled=True)
+        impostor = dataclasses.replace(server, tls=database.Tls(ca_pem=_other_ca()))
+        with pytest.raises(database.DatabaseError, match="certificate verify failed"):
+            database.provision(impostor, ns, "tls", credentials)
+    finally:
+        database.drop(tls, ns, "tls")

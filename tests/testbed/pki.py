@@ -50,6 +50,8 @@ IDENTITIES = (
     Identity("scheduler", "system:kube-scheduler"),
     Identity("node-agent", f"system:node:{layout.NODE_NAME}", ("system:nodes",)),
     Identity("kubelet", layout.NODE_NAME, ips=("127.0.0.1",), dns=("localhost", layout.NODE_NAME)),
+    # MariaDB offers TLS (clients choose; users created with REQUIRE SSL must use it).
+    Identity("mariadb", "mariadb", ips=("127.0.0.1",), dns=("localhost",)),
 )
 
 

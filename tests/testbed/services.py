@@ -108,7 +108,8 @@ def services(bin_dir: Path) -> list[Service]:
          f"--port={layout.MYSQL_PORT}", "--skip-name-resolve",
          "--max-connections=2000",  # every trial pod and the operator hold connections
          "--innodb-buffer-pool-size=256M",
-         "--innodb-flush-log-at-trx-commit=2"],  # a throw-away server: durability per second is enough
+         "--innodb-flush-log-at-trx-commit=2",  # a throw-away server: durability per second is enough
+         f"--ssl-ca={PKI / 'ca.crt'}", f"--ssl-cert={PKI / 'mariadb.crt'}", f"--ssl-key={PKI / 'mariadb.key'}"],
         ready=_mariadb_answers, prepare=_mariadb_prepare, after_ready=_mariadb_admin,
     )
     etcd = Service(
