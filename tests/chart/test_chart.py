@@ -47,7 +47,6 @@ pytestmark = pytest.mark.e2e
 
 CHART = ROOT / "charts" / "hpo-operator"
 PYTHON = ROOT / ".venv" / "bin" / "python"
-POD_LOGS = ROOT / ".testbed" / "logs" / "pods"
 STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component")
 PSS_LABELS = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}
 Case = tuple[str, str, "str | None"]  # verb, resource (may carry flags), namespace (None: cluster-wide)
@@ -374,11 +373,6 @@ def _study_spec(chart: Chart, trials: int, parallelism: int, sleep: float) -> di
     }
 
 
-def _pod_log(namespace: str, pod: dict[str, Any]) -> str:
-    path = POD_LOGS / f"{namespace}_{pod['metadata']['name']}.log"
-    return path.read_text() if path.exists() else ""
-
-
 def _all_complete(studies: Studies, name: str) -> int:
     states = [t.state for t in studies.optuna_study(name).get_trials(deepcopy=False)]
     assert len(states) == states.count(optuna.trial.TrialState.COMPLETE), states
@@ -396,7 +390,7 @@ def test_the_operator_in_cluster_with_the_chart_account_completes_a_study(chart:
     assert _all_complete(studies, "incluster") == 4
     assert {"DatabaseReady", "TrialStarted", "StudyFinished"} <= {e.reason for e in studies.events("incluster")}
     (pod,) = chart.operator_pods()
-    log = _pod_log(chart.namespace, pod)
+    log = client.CoreV1Api(chart.kube).read_namespaced_pod_log(pod["metadata"]["name"], chart.namespace)
     assert f"[{chart.studies_namespace}/incluster] trial 0 attempt 0: created Job" in log, log
     assert "Forbidden" not in log, f"the chart's RBAC lacks something the operator does:\n{log}"
 

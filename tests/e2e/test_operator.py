@@ -20,6 +20,7 @@ from tests.conftest import ROOT
 from tests.e2e.conftest import start_operator
 from tests.helpers import wait_for
 from tests.mysql import admin_server
+from tests.pod_logs import PodLogs
 from tests.studies import Studies
 
 pytestmark = pytest.mark.e2e
@@ -129,24 +130,20 @@ def test_deleting_a_running_trial_pod_resumes_it_from_its_checkpoint(
                                                                                    resources=size))
     core = client.CoreV1Api(kube)
     core.create_namespaced_persistent_volume_claim(studies.namespace, claim)
-    studies.create("resume", spec(objectives, trials=1, parallelism=1, objective="objectives:slow_with_checkpoints",
-                                  checkpoints={"claimName": "ckpt"}))
-    log_dir = ROOT / ".testbed" / "logs" / "pods"
+    with PodLogs(kube, studies.namespace, "hpo.dev/trial=0") as logs:
+        studies.create("resume", spec(objectives, trials=1, parallelism=1,
+                                      objective="objectives:slow_with_checkpoints", checkpoints={"claimName": "ckpt"}))
 
-    def first_pod_checkpointed() -> str | None:
-        for pod in core.list_namespaced_pod(studies.namespace, label_selector="hpo.dev/trial=0").items:
-            log = log_dir / f"{studies.namespace}_{pod.metadata.name}.log"
-            if log.exists() and "checkpoint saved at step 3" in log.read_text():
-                return str(pod.metadata.name)
-        return None
+        def first_pod_checkpointed() -> str | None:
+            return next((pod for pod, text in logs.all().items() if "checkpoint saved at step 3" in text), None)
 
-    victim = wait_for(first_pod_checkpointed, 120, "the trial to save its step-3 checkpoint")
-    core.delete_namespaced_pod(victim, studies.namespace)
-    done = studies.wait_phase("resume", "Succeeded", 180)
+        victim = wait_for(first_pod_checkpointed, 120, "the trial to save its step-3 checkpoint")
+        core.delete_namespaced_pod(victim, studies.namespace)
+        done = studies.wait_phase("resume", "Succeeded", 180)
+        attempts = sorted(logs.all().items())
     assert done["status"]["trials"] == {"running": 0, "complete": 1, "pruned": 0, "failed": 0}
-    attempts = sorted(log_dir.glob(f"{studies.namespace}_resume-0-*.log"))
-    assert [p.name.split("-")[3] for p in attempts] == ["0", "1"], "one requeued attempt, no more"
-    resumed = attempts[1].read_text()
+    assert [pod.split("-")[2] for pod, _ in attempts] == ["0", "1"], "one requeued attempt, no more"
+    resumed = attempts[1][1]
     assert "resumed from step 3" in resumed or "resumed from step 4" in resumed
     assert "checkpoint saved at step 0" not in resumed
     assert any(e.reason == "TrialRequeued" for e in studies.events("resume"))

@@ -27,11 +27,11 @@ from tests.e2e.conftest import OBJECTIVES, OPERATOR_NAMESPACE
 from tests.fake_mysql import FakeMySQL
 from tests.helpers import wait_for
 from tests.legacy_names import colliding_studies
+from tests.pod_logs import PodLogs
 from tests.studies import Studies
 
 pytestmark = pytest.mark.e2e
 
-POD_LOGS = ROOT / ".testbed" / "logs" / "pods"
 OPERATOR_LOG = ROOT / ".testbed" / "logs" / "operator.log"
 
 
@@ -297,7 +297,35 @@ def test_no_password_appears_in_logs_events_status_jobs_or_pods_after_failures_a
     studies: Studies, objectives: dict[str, Any], kube: client.ApiClient, testbed_env: dict[str, str]
 ) -> None:
     core, server = client.CoreV1Api(kube), mysql.admin_server(testbed_env)
-    add_secret(core, studies.namespace, "tenant-admin", {"username": "tenant", "password": "tenant-password-2"})
+    with PodLogs(kube, studies.namespace) as logs:
+        run_failures_and_an_outage(studies, objectives, server)
+        pod_logs = "".join(logs.all().values())
+    passwords = {"the MySQL admin": testbed_env["HPO_MYSQL_PASSWORD"], "the tenant admin": "tenant-password-2"}
+    for name in ("flaky", "crashy", "outage"):
+        for kind in ("storage", "storage-readonly"):
+            passwords[f"{name}-{kind}"] = secret(core, studies.namespace, f"{name}-{kind}")["password"]
+    api = client.ApiClient()
+    outputs = {
+        "the operator's log": OPERATOR_LOG.read_text(),
+        "Events": json.dumps([api.sanitize_for_serialization(e)  # type: ignore[no-untyped-call]
+                              for e in core.list_namespaced_event(studies.namespace).items]),
+        "studies": json.dumps([studies.get(n) for n in ("flaky", "crashy", "nowhere", "outage")]),
+        "Jobs": json.dumps(api.sanitize_for_serialization(  # type: ignore[no-untyped-call]
+            client.BatchV1Api(kube).list_namespaced_job(studies.namespace).items)),
+        "pods": json.dumps(api.sanitize_for_serialization(  # type: ignore[no-untyped-call]
+            core.list_namespaced_pod(studies.namespace).items)),
+        "pod logs": pod_logs,
+    }
+    assert "fails on purpose" in pod_logs, "the failures were logged"
+    leaks = [f"{secret_name} in {where}" for secret_name, value in passwords.items()
+             for where, text in outputs.items() if value in text]
+    assert leaks == []
+
+
+def run_failures_and_an_outage(studies: Studies, objectives: dict[str, Any], server: database.Server) -> None:
+    """Failed and crashed trials, a study whose server is unreachable, and one whose database goes away."""
+    add_secret(client.CoreV1Api(studies.api.api_client), studies.namespace, "tenant-admin",
+               {"username": "tenant", "password": "tenant-password-2"})
     slow = json.loads(json.dumps(objectives))
     slow["spec"]["containers"][0]["env"].append({"name": "HPO_TEST_SLEEP", "value": "3"})
     studies.create("flaky", study_spec(objectives, trials=4, objective="objectives:flaky",
@@ -321,24 +349,3 @@ def test_no_password_appears_in_logs_events_status_jobs_or_pods_after_failures_a
     for name in ("flaky", "crashy", "outage"):
         studies.wait(name, lambda s: (s.get("status") or {}).get("phase") in ("Succeeded", "Failed"), 240, "end")
     studies.wait("nowhere", lambda s: condition(s, "DatabaseReady").get("status") == "False", 60, "fail to connect")
-
-    passwords = {"the MySQL admin": testbed_env["HPO_MYSQL_PASSWORD"], "the tenant admin": "tenant-password-2"}
-    for name in ("flaky", "crashy", "outage"):
-        for kind in ("storage", "storage-readonly"):
-            passwords[f"{name}-{kind}"] = secret(core, studies.namespace, f"{name}-{kind}")["password"]
-    api = client.ApiClient()
-    outputs = {
-        "the operator's log": OPERATOR_LOG.read_text(),
-        "Events": json.dumps([api.sanitize_for_serialization(e)  # type: ignore[no-untyped-call]
-                              for e in core.list_namespaced_event(studies.namespace).items]),
-        "studies": json.dumps([studies.get(n) for n in ("flaky", "crashy", "nowhere", "outage")]),
-        "Jobs": json.dumps(api.sanitize_for_serialization(  # type: ignore[no-untyped-call]
-            client.BatchV1Api(kube).list_namespaced_job(studies.namespace).items)),
-        "pods": json.dumps(api.sanitize_for_serialization(  # type: ignore[no-untyped-call]
-            core.list_namespaced_pod(studies.namespace).items)),
-        "pod logs": "".join(path.read_text() for path in POD_LOGS.glob(f"{studies.namespace}_*.log")),
-    }
-    assert outputs["pod logs"] and "fails on purpose" in outputs["pod logs"], "the failures were logged"
-    leaks = [f"{secret_name} in {where}" for secret_name, value in passwords.items()
-             for where, text in outputs.items() if value in text]
-    assert leaks == []
