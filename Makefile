@@ -33,7 +33,7 @@ debian-packages: ## Install the Debian packages the testbed needs (MariaDB), if 
 	@tests/testbed/install-debian-packages.sh
 
 .PHONY: binaries
-binaries: venv ## Build etcd, the Kubernetes control plane, kubectl and helm into ~/.cache/hpo-operator
+binaries: venv ## Build every Go binary (control plane, kubelet, containerd, CNI, CoreDNS, registry, helm) into ~/.cache/hpo-operator
 	@$(PY) -m tests.testbed build
 
 .PHONY: testbed-up
@@ -116,7 +116,7 @@ chart-down: ## helm uninstall the chart's release (the CRDs, the namespace and t
 .PHONY: chart-verify
 chart-verify: binaries ## Check the chart's crds/ holds exactly crds/, then helm lint --strict and render every option
 	@diff -r crds $(CHART)/crds >/dev/null || { echo "$(CHART)/crds differs from crds/: cp crds/*.yaml $(CHART)/crds/"; exit 1; }
-	@helm=$$($(PY) -c 'from tests.testbed.build import build_all; print(build_all()["helm"])' | tail -1) && \
+	@helm=$$($(PY) -c 'from tests.testbed.build import build_all; print(build_all(["helm"])["helm"])' | tail -1) && \
 	  $$helm lint --strict $(CHART) && \
 	  for options in "" "--set mysql.enabled=false --set mysql.external.host=db --set mysql.external.adminSecret.name=db" \
 	    "--set rbac.scope=namespaced --set watchNamespaces={a,b}" "--set dashboard.enabled=true --set dashboard.study=a/b" \
