@@ -15,8 +15,8 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.testbed import layout
