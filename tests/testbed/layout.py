@@ -31,6 +31,8 @@ SCHEDULER_PORT = 10259
 KUBELET_PORT = 10250
 MYSQL_PORT = int(os.environ.get("HPO_TESTBED_MYSQL_PORT", "3306"))
 MYSQL_ADMIN_USER = "hpo_admin"
+# The image registry (plain HTTP, loopback): images are built here and pushed there (images.py).
+REGISTRY_PORT = int(os.environ.get("HPO_TESTBED_REGISTRY_PORT", "5000"))
 
 
 def required_version(module_dir: str, dependency: str) -> str:
