@@ -32,7 +32,11 @@ ALTER USER 'root'@'localhost' IDENTIFIED BY '$quoted';
 CREATE USER 'root'@'%' IDENTIFIED BY '$quoted';
 GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;
 SQL
-  mariadb-install-db --datadir="$datadir" --skip-test-db --skip-name-resolve --extra-file="$init" >/dev/null
+  # --force: no host name lookup (pods' names need not resolve; the server skips name resolution too).
+  if ! output=$(mariadb-install-db --datadir="$datadir" --skip-test-db --force --extra-file="$init" 2>&1); then
+    printf '%s\n' "$output" >&2
+    exit 1
+  fi
   rm -f "$init"
   trap - EXIT
 fi
