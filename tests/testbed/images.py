@@ -325,16 +325,30 @@ def pulled(ref: str) -> None:
         buildah("pull", "--quiet", "--tls-verify=false", ref)
 
 
+def _diff_ids(image: str) -> list[str]:
+    inspected = json.loads(buildah("inspect", "--type=image", image))
+    return list(inspected["OCIv1"]["rootfs"]["diff_ids"])
+
+
+def stale_images(images: dict[str, list[str]], current: list[list[str]]) -> list[str]:
+    """The images (id -> layer diff ids) that no current image needs: neither a current image nor a
+    step of its build (buildah's layer cache keeps one image per step, whose layers are a prefix of
+    the final image's). What remains after removing them is exactly the cache of current builds."""
+    return sorted(image for image, layers in images.items()
+                  if not any(chain[:len(layers)] == layers for chain in current))
+
+
 def prune() -> None:
-    """Free what older builds left: local images of older tags and buildah's dangling layer cache,
-    then the registry's older tags and the blobs only they used. The next build of a changed
-    image starts without buildah's layer cache (the registry still skips unchanged images)."""
+    """Free what older builds left: local images and layer cache no current image needs, then the
+    registry's older tags and the blobs only they used. Unchanged images keep their layer cache."""
     current = {base_reference(), *references().values()}
-    prefix = f"{registry.ADDRESS}/{REPOSITORY_PREFIX}/"
-    stale = sorted(ref for ref in local_images() if ref.startswith(prefix) and ref not in current)
-    for ref in stale:
-        buildah("rmi", ref)
-    buildah("rmi", "--prune")
+    local = local_images()
+    chains = [_diff_ids(ref) for ref in current if ref in local]
+    every = [image.removeprefix("sha256:") for image in buildah("images", "--all", "--quiet", "--no-trunc").split()]
+    stale = stale_images({image: _diff_ids(image) for image in every}, chains)
+    for image in stale:
+        if image in buildah("images", "--all", "--quiet", "--no-trunc"):  # removing a child removes its
+            buildah("rmi", image)                                         # dangling parents with it
     binary = build.build_all(["registry"])["registry"]
     with registry.running(binary):
         for ref in current:
@@ -343,7 +357,7 @@ def prune() -> None:
                 print(f"deleted {repository}:{deleted} from the registry", flush=True)
     if not registry.answers():
         registry.garbage_collect(binary)
-    print(f"removed {len(stale)} older local images; {disk_usage()}", flush=True)
+    print(f"removed {len(stale)} local images no current build needs; {disk_usage()}", flush=True)
 
 
 def _size(path: Path) -> int:

@@ -79,6 +79,19 @@ def test_the_dockerignore_keeps_what_the_root_dockerfiles_copy_and_drops_the_ign
         assert f"**/{pattern}" in rules
 
 
+def test_pruning_keeps_current_images_and_every_step_of_their_builds() -> None:
+    local = {
+        "trial": ["base", "venv", "torch", "trial"],
+        "trial-step-venv": ["base", "venv"],
+        "trial-step-env": ["base"],
+        "old-trial": ["base", "venv", "old-torch", "trial"],
+        "old-step-torch": ["base", "venv", "old-torch"],
+        "mysql-old": ["base", "mariadb-old"],
+    }
+    current = [local["trial"], ["base", "mariadb"]]
+    assert images.stale_images(local, current) == ["mysql-old", "old-step-torch", "old-trial"]
+
+
 def _config(user: str, binds: list[tuple[Path, str]] | None = None, host_network: bool = False) -> dict[str, Any]:
     template = {
         "process": {"terminal": True, "user": {"uid": 0, "gid": 0}, "args": ["sh"], "env": [], "cwd": "/",
