@@ -29,12 +29,24 @@ $(VENV)/.installed: $(REQUIREMENTS) operator/pyproject.toml trial-image/pyprojec
 venv: $(VENV)/.installed ## Create or update the virtual environment .venv
 
 .PHONY: debian-packages
-debian-packages: ## Install the Debian packages the testbed needs (MariaDB), if missing
+debian-packages: ## Install the Debian packages the testbed needs (MariaDB, runc, buildah, mmdebstrap, iptables), if missing
 	@tests/testbed/install-debian-packages.sh
 
 .PHONY: binaries
-binaries: venv ## Build etcd, the Kubernetes control plane, kubectl and helm into ~/.cache/hpo-operator
+binaries: venv ## Build every Go binary (control plane, kubelet, containerd, CNI, CoreDNS, registry, helm) into ~/.cache/hpo-operator
 	@$(PY) -m tests.testbed build
+
+.PHONY: images
+images: venv debian-packages ## Build the operator, trial, MySQL and dashboard images (buildah, no Docker) and push them to the local registry
+	@$(PY) -m tests.testbed images
+
+.PHONY: images-check
+images-check: venv debian-packages ## Build the images if needed, then run each once with runc: non-root, read-only root, every sampler
+	@$(PY) -m tests.testbed images-check
+
+.PHONY: images-prune
+images-prune: venv debian-packages ## Free the disk older image builds hold (local layers, the registry's older tags)
+	@$(PY) -m tests.testbed images-prune
 
 .PHONY: testbed-up
 testbed-up: venv debian-packages ## Start the local control plane, node agent and MariaDB (idempotent)
@@ -59,7 +71,8 @@ demo: operator-up ## The quickstart study end to end: testbed, operator, progres
 .PHONY: lock
 lock: venv ## Re-pin the requirement files from the pyproject files
 	@$(VENV)/bin/uv pip compile -q --python-version 3.11 --python-platform x86_64-manylinux_2_28 trial-image/pyproject.toml -o trial-image/requirements.txt
-	@$(VENV)/bin/uv pip compile -q --python-version 3.11 operator/pyproject.toml -c trial-image/requirements.txt -o operator/requirements.txt
+	@$(VENV)/bin/uv pip compile -q --python-version 3.11 --python-platform x86_64-manylinux_2_28 operator/pyproject.toml -c trial-image/requirements.txt -o operator/requirements.txt
+	@$(VENV)/bin/uv pip compile -q --python-version 3.11 tests/testbed/dockerfiles/dashboard/requirements.in -c trial-image/requirements.txt -o tests/testbed/dockerfiles/dashboard/requirements.txt
 	@$(VENV)/bin/uv pip compile -q --python-version 3.11 tests/requirements.in -c trial-image/requirements.txt -c operator/requirements.txt -o tests/requirements.txt
 
 .PHONY: crds
@@ -116,7 +129,7 @@ chart-down: ## helm uninstall the chart's release (the CRDs, the namespace and t
 .PHONY: chart-verify
 chart-verify: binaries ## Check the chart's crds/ holds exactly crds/, then helm lint --strict and render every option
 	@diff -r crds $(CHART)/crds >/dev/null || { echo "$(CHART)/crds differs from crds/: cp crds/*.yaml $(CHART)/crds/"; exit 1; }
-	@helm=$$($(PY) -c 'from tests.testbed.build import build_all; print(build_all()["helm"])' | tail -1) && \
+	@helm=$$($(PY) -c 'from tests.testbed.build import build_all; print(build_all(["helm"])["helm"])' | tail -1) && \
 	  $$helm lint --strict $(CHART) && \
 	  for options in "" "--set mysql.enabled=false --set mysql.external.host=db --set mysql.external.adminSecret.name=db" \
 	    "--set rbac.scope=namespaced --set watchNamespaces={a,b}" "--set dashboard.enabled=true --set dashboard.study=a/b" \

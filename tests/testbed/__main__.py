@@ -1,10 +1,11 @@
-"""Command line of the testbed: `python -m tests.testbed {up,down,status,build,operator-up,operator-down}`."""
+"""Command line of the testbed: `python -m tests.testbed {up,down,status,build,operator-up,operator-down,
+images,images-check,images-prune}`."""
 
 from __future__ import annotations
 
 import sys
 
-from tests.testbed import build, cluster, layout, operator, supervisor
+from tests.testbed import build, cluster, image_checks, images, layout, operator, supervisor
 
 
 def main(argv: list[str]) -> int:
@@ -21,11 +22,19 @@ def main(argv: list[str]) -> int:
         operator.up()
     elif command == "operator-down":
         operator.down()
+    elif command == "images":
+        for variable, reference in images.ensure().items():
+            print(f"{variable}={reference}")
+        print(images.disk_usage())
+    elif command == "images-check":
+        image_checks.check_all(images.ensure())
+    elif command == "images-prune":
+        images.prune()
     elif command == "supervise":
         return supervisor.run(layout.BIN)
     else:
-        print(f"unknown command {command!r}: use up, down, status, build, operator-up or operator-down",
-              file=sys.stderr)
+        print(f"unknown command {command!r}: use up, down, status, build, operator-up, operator-down, "
+              "images, images-check or images-prune", file=sys.stderr)
         return 2
     return 0
 

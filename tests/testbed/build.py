@@ -1,8 +1,11 @@
-"""Build the testbed's Go binaries (etcd, the Kubernetes control plane and kubectl, helm) once.
+"""Build the testbed's Go binaries once: etcd, Kubernetes (control plane, kubelet, kube-proxy, kubectl),
+helm, containerd and its runc shim, the CNI plugins, CoreDNS and the image registry.
 
 Binaries go to a cache outside the clone, in a folder keyed by a hash of the Go module that pins
 them, so `testbed-down`/`testbed-up` and fresh clones never rebuild; a changed pin builds anew.
-A cold build compiles a few thousand packages: progress is printed as they go.
+A cold build compiles a few thousand packages: progress is printed as they go. Everything is built
+with cgo off (static binaries, no C toolchain needed); runc is the one node binary we take from
+Debian instead (see install-debian-packages.sh).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,10 +24,14 @@ from tests.testbed import layout
 
 @dataclass(frozen=True)
 class Component:
-    """One Go module under tests/testbed/go/ and the binary it builds."""
+    """One Go module under tests/testbed/go/ and the main packages it builds, one binary each.
+
+    A binary is named as `go build` names it: after the last element of its package path (the
+    module's own package "." after the module's folder).
+    """
 
     module: str
-    package: str
+    packages: tuple[str, ...]
     version: str
     ldflags: tuple[str, ...] = ()
     aliases: tuple[str, ...] = field(default=())
@@ -31,6 +39,10 @@ class Component:
     @property
     def source(self) -> Path:
         return layout.GO_MODULES / self.module
+
+    @property
+    def binaries(self) -> tuple[str, ...]:
+        return tuple(self.module if package == "." else package.rsplit("/", 1)[-1] for package in self.packages)
 
     def key(self) -> str:
         digest = hashlib.sha256()
@@ -54,20 +66,44 @@ def _kube_ldflags(version: str) -> tuple[str, ...]:
     )
 
 
+CNI_PLUGINS = ("main/bridge", "ipam/host-local", "main/loopback", "meta/portmap")
+
 COMPONENTS = (
-    Component("etcd", ".", layout.ETCD_VERSION),
+    Component("etcd", (".",), layout.ETCD_VERSION),
     Component(
         "helm",
-        "helm.sh/helm/v3/cmd/helm",
+        ("helm.sh/helm/v3/cmd/helm",),
         layout.HELM_VERSION,
         ldflags=(f"-X helm.sh/helm/v3/internal/version.version={layout.HELM_VERSION}",),
     ),
     Component(
         "kube",
-        ".",
+        (".",),
         layout.KUBERNETES_VERSION,
         ldflags=_kube_ldflags(layout.KUBERNETES_VERSION),
-        aliases=("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
+        aliases=("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy"),
+    ),
+    Component(
+        "containerd",
+        ("github.com/containerd/containerd/v2/cmd/containerd",
+         "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"),
+        layout.CONTAINERD_VERSION,
+        # Without the stamp the CRI reports "2.4.2+unknown"; the node shows containerd://<this>.
+        ldflags=(f"-X github.com/containerd/containerd/v2/version.Version={layout.CONTAINERD_VERSION.lstrip('v')}",),
+    ),
+    Component(
+        "cni",
+        tuple(f"github.com/containernetworking/plugins/plugins/{plugin}" for plugin in CNI_PLUGINS),
+        layout.CNI_PLUGINS_VERSION,
+        ldflags=("-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion="
+                 f"{layout.CNI_PLUGINS_VERSION}",),
+    ),
+    Component("coredns", ("github.com/coredns/coredns",), layout.COREDNS_VERSION),
+    Component(
+        "registry",
+        ("github.com/distribution/distribution/v3/cmd/registry",),
+        layout.REGISTRY_VERSION,
+        ldflags=(f"-X github.com/distribution/distribution/v3/version.version={layout.REGISTRY_VERSION}",),
     ),
 )
 
@@ -90,16 +126,16 @@ def build(component: Component) -> Path:
     env = _go_env()
     total = len(
         subprocess.run(
-            ["go", "list", "-deps", component.package],
+            ["go", "list", "-deps", *component.packages],
             cwd=component.source, env=env, check=True, capture_output=True, text=True,
         ).stdout.split()
     )
-    print(f"building {component.module} {component.version} ({total} packages; a cold build of kube takes ~20 min)",
-          flush=True)
+    hint = "; a cold build of kube takes ~20 min on 2 cores" if component.module == "kube" else ""
+    print(f"building {component.module} {component.version} ({total} packages{hint})", flush=True)
     command = [
         "go", "build", "-v", "-trimpath",
         "-ldflags", " ".join(("-s", "-w", *component.ldflags)),
-        "-o", str(folder / component.module), component.package,
+        "-o", f"{folder}/", *component.packages,
     ]
     started = time.monotonic()
     compiled = 0
@@ -121,18 +157,26 @@ def build(component: Component) -> Path:
         raise SystemExit(f"go build of tests/testbed/go/{component.module} failed (exit {process.returncode})")
     for alias in component.aliases:
         (folder / alias).unlink(missing_ok=True)
-        (folder / alias).symlink_to(component.module)
+        (folder / alias).symlink_to(component.binaries[0])
     (folder / ".complete").touch()
     print(f"built {component.module} in {time.monotonic() - started:.0f}s -> {folder}", flush=True)
     return folder
 
 
-def build_all() -> dict[str, Path]:
-    """Build (or find) every binary and link them into .testbed/bin; return name -> path."""
+# What `make testbed-up` runs today; the node's binaries (containerd, CNI, CoreDNS, the registry)
+# are built by `make binaries` and `make images` until the real node joins the testbed.
+CONTROL_PLANE = ("etcd", "helm", "kube")
+
+
+def build_all(modules: Iterable[str] | None = None) -> dict[str, Path]:
+    """Build (or find) the binaries of ``modules`` (default: every component); return name -> path."""
+    wanted = set(modules) if modules is not None else {component.module for component in COMPONENTS}
+    if unknown := wanted - {component.module for component in COMPONENTS}:
+        raise ValueError(f"no Go component named {', '.join(sorted(unknown))} under tests/testbed/go/")
     binaries: dict[str, Path] = {}
-    for component in COMPONENTS:
+    for component in (component for component in COMPONENTS if component.module in wanted):
         folder = build(component)
-        for name in (component.module, *component.aliases):
+        for name in (*component.binaries, *component.aliases):
             binaries[name] = folder / name
     return binaries
 

@@ -120,7 +120,7 @@ def _bootstrap(core: client.CoreV1Api) -> None:
 
 def up() -> None:
     started = time.monotonic()
-    binaries = build.build_all()
+    binaries = build.build_all(build.CONTROL_PLANE)
     if _supervisor_pid() is None and layout.TESTBED.exists():
         print("cleaning away a stopped testbed", flush=True)
         down(quiet=True)

@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Install the Debian packages the testbed needs, when missing, without starting their services
 # (Debian's postinst would start a system-wide MariaDB; the testbed runs its own).
+#
+# - mariadb-server, mariadb-client: the testbed's MySQL server, and the one in its MySQL image;
+# - runc: the OCI runtime. Debian's is built with libseccomp; a runc built from its Go module without
+#   cgo lacks seccomp and fails every container that asks for RuntimeDefault ("seccomp: config
+#   provided but seccomp not supported"), which the chart's pods all do;
+# - buildah (daemonless, builds Dockerfiles without a Docker engine) and mmdebstrap (the images'
+#   Debian base, made from Debian's packages): tests/testbed/images.py;
+# - iptables: kube-proxy's rules and the CNI portmap plugin on the testbed's nodes.
 set -euo pipefail
-packages=(mariadb-server mariadb-client)
+packages=(mariadb-server mariadb-client runc buildah mmdebstrap iptables)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -31,6 +31,8 @@ SCHEDULER_PORT = 10259
 KUBELET_PORT = 10250
 MYSQL_PORT = int(os.environ.get("HPO_TESTBED_MYSQL_PORT", "3306"))
 MYSQL_ADMIN_USER = "hpo_admin"
+# The image registry (plain HTTP, loopback): images are built here and pushed there (images.py).
+REGISTRY_PORT = int(os.environ.get("HPO_TESTBED_REGISTRY_PORT", "5000"))
 
 
 def required_version(module_dir: str, dependency: str) -> str:
@@ -45,6 +47,10 @@ def required_version(module_dir: str, dependency: str) -> str:
 KUBERNETES_VERSION = required_version("kube", "k8s.io/kubernetes")
 ETCD_VERSION = required_version("etcd", "go.etcd.io/etcd/server/v3")
 HELM_VERSION = required_version("helm", "helm.sh/helm/v3")
+CONTAINERD_VERSION = required_version("containerd", "github.com/containerd/containerd/v2")
+CNI_PLUGINS_VERSION = required_version("cni", "github.com/containernetworking/plugins")
+COREDNS_VERSION = required_version("coredns", "github.com/coredns/coredns")
+REGISTRY_VERSION = required_version("registry", "github.com/distribution/distribution/v3")
 
 # What the node agent advertises; override to model a bigger node (e.g. HPO_TESTBED_GPUS=8).
 NODE_CPU = os.environ.get("HPO_TESTBED_CPU", "8")
