@@ -1,6 +1,6 @@
-"""The testbed is a real cluster: schema validation, garbage collection, RBAC, node, MariaDB.
+"""The testbed is a real cluster: schema validation, garbage collection, RBAC, nodes, MariaDB.
 
-Pod-running behaviour of the node agent is covered in test_testbed_pods.py.
+What the nodes do with pods (images, cgroups, networking, volumes) is in test_testbed_nodes.py.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from kubernetes import client
 from tests.conftest import KubectlRunner
 from tests.helpers import wait_for
 from tests.testbed import layout
+from tests.testbed.nodes import NODES
 
 pytestmark = pytest.mark.e2e
 
@@ -106,11 +107,15 @@ def test_rbac_denies_a_bare_service_account_and_allows_one_with_a_role(
     assert still_denied.stdout.strip() == "no"
 
 
-def test_node_is_ready_with_gpu_capacity_and_server_runs_the_pinned_release(kubectl: KubectlRunner) -> None:
-    node = json.loads(kubectl("get", "node", layout.NODE_NAME, "-o", "json").stdout)
-    ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
-    assert ready == "True"
-    assert node["status"]["capacity"]["nvidia.com/gpu"] == layout.NODE_GPUS
+def test_every_node_is_ready_on_containerd_with_gpu_capacity_and_the_pinned_release(kubectl: KubectlRunner) -> None:
+    nodes = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    assert sorted(n["metadata"]["name"] for n in nodes) == [node.name for node in NODES]
+    for node in nodes:
+        ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
+        info = node["status"]["nodeInfo"]
+        assert ready == "True" and info["kubeletVersion"] == layout.KUBERNETES_VERSION
+        assert info["containerRuntimeVersion"] == f"containerd://{layout.CONTAINERD_VERSION.lstrip('v')}"
+        assert node["status"]["allocatable"]["nvidia.com/gpu"] == layout.NODE_GPUS
     version = yaml.safe_load(kubectl("version", "-o", "yaml").stdout)
     assert version["serverVersion"]["gitVersion"] == layout.KUBERNETES_VERSION
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from tests.testbed import build, cluster, image_checks, images, layout, operator, supervisor
+from tests.testbed import build, cluster, image_checks, images, layout, operator, provisioner, supervisor
 
 
 def main(argv: list[str]) -> int:
@@ -32,6 +32,8 @@ def main(argv: list[str]) -> int:
         images.prune()
     elif command == "supervise":
         return supervisor.run(layout.BIN)
+    elif command == "provisioner":
+        return provisioner.run(argv[2])
     else:
         print(f"unknown command {command!r}: use up, down, status, build, operator-up, operator-down, "
               "images, images-check or images-prune", file=sys.stderr)

@@ -1,12 +1,14 @@
 """`make testbed-up`, `testbed-down` and `testbed-status`: the testbed's life cycle.
 
 `up` is idempotent: a running testbed is only checked; a dead one is cleaned away and started
-fresh. It returns once the API server is ready, the node is Ready and the `default`
-ServiceAccount exists, and leaves `.testbed/env` for users and tests to source.
+fresh. It returns once the API server is ready, every node is Ready and the `default`
+ServiceAccount exists, and leaves `.testbed/env` for users and tests to source. `down` also undoes
+what the nodes changed on the machine (tests/testbed/host.py).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -20,11 +22,12 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from tests.testbed import build, layout, pki, supervisor
+from tests.testbed import build, host, images, layout, pki, supervisor
+from tests.testbed.nodes import NODES
 
 ENV_FILE = layout.TESTBED / "env"
 KUBECONFIG = layout.TESTBED / "kubeconfig"
-HOSTPATH_PV_ROOT = Path("/tmp/hostpath_pv")  # where the controller-manager's provisioner puts PVs
+HOSTPATH_PV_ROOT = Path("/tmp/hostpath_pv")  # where the testbed's provisioner puts volumes
 
 
 def is_alive(pid: int) -> bool:
@@ -60,20 +63,24 @@ def _wait(check: Callable[[], object], what: str, timeout: float) -> None:
 
 def _write_env() -> None:
     password = (layout.TESTBED / "mariadb" / "admin-password").read_text().strip()
+    image_lines = "".join(f"export {variable}={reference}\n" for variable, reference in images.references().items()
+                          if variable != "HPO_TESTBED_PAUSE_IMAGE")
     ENV_FILE.write_text(
-        "# Source me: the testbed's kubeconfig, kubectl and helm, and the MariaDB admin connection.\n"
+        "# Source me: the testbed's kubeconfig, kubectl and helm, the MariaDB admin connection (an address\n"
+        "# pods and this host both reach) and the images in the testbed's registry.\n"
         f"export KUBECONFIG={KUBECONFIG}\n"
         f'export PATH="{layout.BIN}:$PATH"\n'
-        "export HPO_MYSQL_HOST=127.0.0.1\n"
+        f"export HPO_MYSQL_HOST={layout.HOST_IP}\n"
         f"export HPO_MYSQL_PORT={layout.MYSQL_PORT}\n"
         f"export HPO_MYSQL_USER={layout.MYSQL_ADMIN_USER}\n"
         f"export HPO_MYSQL_PASSWORD={password}\n"
+        f"{image_lines}"
     )
     ENV_FILE.chmod(0o600)
 
 
 def _start_supervisor() -> None:
-    for stem in ("controller-manager", "scheduler", "node-agent"):
+    for stem in ("controller-manager", "scheduler", "kube-proxy", "coredns", "provisioner"):
         pki.kubeconfig(layout.TESTBED / f"{stem}.kubeconfig", stem)
     pki.kubeconfig(KUBECONFIG, "admin")
     password_file = layout.TESTBED / "mariadb" / "admin-password"
@@ -96,39 +103,72 @@ def _start_supervisor() -> None:
         time.sleep(0.2)
 
 
+def _node_ready(core: client.CoreV1Api, name: str) -> bool:
+    try:
+        node = core.read_node(name)
+    except client.ApiException:
+        return False
+    conditions = node.status.conditions if node.status else None
+    return any(c.type == "Ready" and c.status == "True" for c in conditions or [])
+
+
+def _advertise_gpus(core: client.CoreV1Api, name: str) -> None:
+    """nvidia.com/gpu as an extended resource in the node's status capacity (the documented way for
+    resources no device plugin manages); the kubelet keeps it in capacity and allocatable."""
+    patch = [{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": layout.NODE_GPUS}]
+    core.patch_node_status(name, patch)  # a list body is sent as a JSON patch
+
+
+def _pull_on_every_node(core: client.CoreV1Api, reference: str) -> None:
+    """Have each node's runtime pull ``reference`` now (a pod per node that exits at once), so the
+    first trial pods start in seconds rather than after a minute of unpacking the trial image."""
+    names = [f"pull-{node.index}" for node in NODES]
+    for name, node in zip(names, NODES, strict=True):
+        core.create_namespaced_pod("kube-system", {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": node.name, "restartPolicy": "Never", "automountServiceAccountToken": False,
+                     "containers": [{"name": "pull", "image": reference, "command": ["true"]}]}})
+
+    def pulled() -> bool:
+        phases = [core.read_namespaced_pod(name, "kube-system").status.phase for name in names]
+        if "Failed" in phases:
+            raise SystemExit(f"testbed-up: a node could not run {reference}; see `kubectl -n kube-system "
+                             "describe pod pull-1`")
+        return all(phase == "Succeeded" for phase in phases)
+
+    _wait(pulled, f"every node to pull {reference}", 600)
+    for name in names:
+        core.delete_namespaced_pod(name, "kube-system")
+
+
 def _bootstrap(core: client.CoreV1Api) -> None:
-    subprocess.run(
-        [str(layout.BIN / "kubectl"), "--kubeconfig", str(KUBECONFIG), "apply", "--server-side",
-         "-f", str(Path(__file__).parent / "manifests")],
-        check=True, stdout=subprocess.DEVNULL,
-    )
-
-    def node_ready() -> bool:
-        try:
-            node = core.read_node(layout.NODE_NAME)
-        except client.ApiException:
-            return False
-        return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
-
     def default_service_account() -> bool:
         return bool(core.list_namespaced_service_account("default", field_selector="metadata.name=default").items)
 
-    print("  waiting for the node to be Ready and the default ServiceAccount", flush=True)
-    _wait(node_ready, f"node {layout.NODE_NAME} Ready", 120)
+    print(f"  waiting for {len(NODES)} nodes to be Ready and the default ServiceAccount", flush=True)
+    for node in NODES:
+        _wait(functools.partial(_node_ready, core, node.name), f"node {node.name} Ready", 180)
+        _advertise_gpus(core, node.name)
     _wait(default_service_account, "the default ServiceAccount", 60)
+    trial_image = images.references()["HPO_TRIAL_IMAGE"]
+    if not any(trial_image in name for node in core.list_node().items for image in node.status.images or []
+               for name in image.names or []):
+        print("  pulling the trial image on every node (first start: about a minute)", flush=True)
+        _pull_on_every_node(core, trial_image)
 
 
 def up() -> None:
     started = time.monotonic()
-    binaries = build.build_all(build.CONTROL_PLANE)
+    binaries = build.build_all()
     if _supervisor_pid() is None and layout.TESTBED.exists():
         print("cleaning away a stopped testbed", flush=True)
         down(quiet=True)
+    images.ensure()
     if _supervisor_pid() is None:
         print("starting the testbed", flush=True)
-        for folder in (layout.LOGS, layout.POD_LOGS):
-            folder.mkdir(parents=True, exist_ok=True)
+        layout.LOGS.mkdir(parents=True, exist_ok=True)
         build.link_into(binaries, layout.BIN)
+        host.prepare()
         pki.ensure()
         _start_supervisor()
     elif _state().get("phase") != "ready":
@@ -137,8 +177,9 @@ def up() -> None:
     core = client.CoreV1Api(config.new_client_from_config(config_file=str(KUBECONFIG)))
     _bootstrap(core)
     _write_env()
-    print(f"testbed up in {time.monotonic() - started:.0f}s: Kubernetes {layout.KUBERNETES_VERSION}, "
-          f"MariaDB on 127.0.0.1:{layout.MYSQL_PORT}. Use it with: source .testbed/env", flush=True)
+    print(f"testbed up in {time.monotonic() - started:.0f}s: Kubernetes {layout.KUBERNETES_VERSION} on "
+          f"{len(NODES)} nodes, MariaDB on {layout.HOST_IP}:{layout.MYSQL_PORT}. Use it with: source .testbed/env",
+          flush=True)
 
 
 def require_running(what: str) -> int:
@@ -217,6 +258,9 @@ def down(quiet: bool = False) -> None:
             _terminate([pid], 120)
         services = _state().get("services", {})
         _terminate([pid for pid in services.values() if isinstance(pid, int)] if isinstance(services, dict) else [], 5)
+    host.clean(layout.BIN / "kube-proxy")
+    if layout.TESTBED.exists():
+        host.unmount_under(layout.TESTBED)
         shutil.rmtree(layout.TESTBED)
     shutil.rmtree(HOSTPATH_PV_ROOT, ignore_errors=True)
     if not quiet:
@@ -238,7 +282,8 @@ def status() -> int:
         healthy &= alive
         print(f"{name:<24}pid {service_pid:<8}{'running' if alive else 'DEAD'}")
     if healthy:
-        nodes = subprocess.run([str(layout.BIN / "kubectl"), "--kubeconfig", str(KUBECONFIG), "get", "nodes"],
+        nodes = subprocess.run([str(layout.BIN / "kubectl"), "--kubeconfig", str(KUBECONFIG), "get", "nodes", "-o",
+                                "wide"],
                                capture_output=True, text=True)
         print(nodes.stdout or nodes.stderr, end="")
     return 0 if healthy else 1

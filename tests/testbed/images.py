@@ -84,6 +84,7 @@ class Image:
 ROOT = layout.ROOT
 # Build order: the trial image before the operator's, which then finds the shared layers in the cache.
 IMAGES = (
+    Image("pause", DOCKERFILES / "pause" / "Dockerfile", DOCKERFILES / "pause", "HPO_TESTBED_PAUSE_IMAGE"),
     Image("mysql", DOCKERFILES / "mysql" / "Dockerfile", DOCKERFILES / "mysql", "HPO_MYSQL_IMAGE"),
     Image("dashboard", DOCKERFILES / "dashboard" / "Dockerfile", DOCKERFILES / "dashboard", "HPO_DASHBOARD_IMAGE"),
     Image("trial", ROOT / "trial-image" / "Dockerfile", ROOT, "HPO_TRIAL_IMAGE"),

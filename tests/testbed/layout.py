@@ -1,4 +1,5 @@
-"""Where the testbed keeps things: pins read from the Go modules, the build cache, `.testbed/`, ports.
+"""Where the testbed keeps things: pins read from the Go modules, the build cache, `.testbed/`, addresses
+and ports.
 
 The pinned releases live only in the go.mod files under tests/testbed/go/; everything else reads
 them from there, so bumping a release is one `go get` (or pin_kubernetes.py) and nothing more.
@@ -15,20 +16,33 @@ GO_MODULES = Path(__file__).resolve().parent / "go"
 TESTBED = ROOT / ".testbed"
 PKI = TESTBED / "pki"
 LOGS = TESTBED / "logs"
-POD_LOGS = LOGS / "pods"
 BIN = TESTBED / "bin"
 CACHE = Path(os.environ.get("HPO_CACHE_DIR", Path.home() / ".cache" / "hpo-operator"))
 VENV_BIN = ROOT / ".venv" / "bin"
 
-NODE_NAME = "testbed-node"
+# The testbed's addresses live on one bridge without ports (`ADDRESS_DEVICE`): the host's services
+# (API server, MariaDB, CoreDNS) on HOST_IP, each node's kubelet on its own IP, and a second MariaDB
+# address (OTHER_MYSQL_IP) that tests use as "another server". Pods reach all of them through their
+# node's pod bridge, and the host reaches pods directly: every address works from both sides.
+ADDRESS_DEVICE = "hpo-testbed"
+HOST_IP = "172.30.0.1"
+OTHER_MYSQL_IP = "172.30.0.2"
+NODE_COUNT = int(os.environ.get("HPO_TESTBED_NODES", "2"))
+CLUSTER_CIDR = "10.244.0.0/16"  # pods; node i gets 10.244.i.0/24
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_IP = "10.0.0.1"
+DNS_SERVICE_IP = "10.0.0.10"
+CLUSTER_DOMAIN = "cluster.local"
 API_PORT = 6443
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 CONTROLLER_MANAGER_PORT = 10257
 SCHEDULER_PORT = 10259
-KUBELET_PORT = 10250
+KUBELET_PORT = 10250  # on each node's own IP
+KUBELET_HEALTHZ_PORT = 10248
+KUBE_PROXY_HEALTHZ_PORT = 10256
+KUBE_PROXY_METRICS_PORT = 10249
+COREDNS_HEALTH_PORT = 8053
 MYSQL_PORT = int(os.environ.get("HPO_TESTBED_MYSQL_PORT", "3306"))
 MYSQL_ADMIN_USER = "hpo_admin"
 # The image registry (plain HTTP, loopback): images are built here and pushed there (images.py).
@@ -52,7 +66,5 @@ CNI_PLUGINS_VERSION = required_version("cni", "github.com/containernetworking/pl
 COREDNS_VERSION = required_version("coredns", "github.com/coredns/coredns")
 REGISTRY_VERSION = required_version("registry", "github.com/distribution/distribution/v3")
 
-# What the node agent advertises; override to model a bigger node (e.g. HPO_TESTBED_GPUS=8).
-NODE_CPU = os.environ.get("HPO_TESTBED_CPU", "8")
-NODE_MEMORY = os.environ.get("HPO_TESTBED_MEMORY", "24Gi")
+# GPUs each node advertises as the extended resource nvidia.com/gpu (e.g. HPO_TESTBED_GPUS=8).
 NODE_GPUS = os.environ.get("HPO_TESTBED_GPUS", "4")

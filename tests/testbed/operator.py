@@ -28,14 +28,15 @@ def _healthy() -> bool:
 
 
 def environment(caller: dict[str, str]) -> dict[str, str]:
-    """The operator's environment: the kubeconfig, the default MySQL server, and the caller's `HPO_*`.
+    """The operator's environment: the kubeconfig, the default MySQL server, the trial image in the
+    testbed's registry, and the caller's `HPO_*`.
 
     The caller's own `HPO_*` settings (`HPO_STORAGE_HOSTS=... make operator-up`) pass through and win
     over the testbed's defaults, except the metrics port, which benchmarks and tests read here.
     """
     values = {}
     for line in cluster.ENV_FILE.read_text().splitlines():
-        if line.startswith("export HPO_MYSQL_"):
+        if line.startswith(("export HPO_MYSQL_", "export HPO_TRIAL_IMAGE=")):
             key, _, value = line.removeprefix("export ").partition("=")
             values[key] = value
     settings = {key: value for key, value in caller.items()
@@ -44,7 +45,6 @@ def environment(caller: dict[str, str]) -> dict[str, str]:
         "PATH": f"{layout.VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(layout.TESTBED),
         "KUBECONFIG": str(cluster.KUBECONFIG),
-        "HPO_TRIAL_IMAGE": "hpo-trial:local",
         "PYTHONUNBUFFERED": "1",
         **values,
         **settings,

@@ -1,8 +1,8 @@
 """Certificates and keys for the testbed: one CA, a cert per identity, the service-account key.
 
 Identities follow a real cluster's: the admin is in system:masters, each controller has its own
-user, the node agent is `system:node:<name>` in `system:nodes` (so the Node authorizer and the
-NodeRestriction admission plugin judge it exactly as they would a kubelet).
+user, each kubelet is `system:node:<name>` in `system:nodes` (so the Node authorizer and the
+NodeRestriction admission plugin judge it), kube-proxy is `system:kube-proxy`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.testbed import layout
+from tests.testbed.nodes import NODES
 
 VALIDITY = datetime.timedelta(days=3650)
 
@@ -40,7 +41,7 @@ class Identity:
 IDENTITIES = (
     Identity(
         "apiserver", "kube-apiserver",
-        ips=("127.0.0.1", layout.SERVICE_IP),
+        ips=("127.0.0.1", layout.HOST_IP, layout.SERVICE_IP),
         dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
              "kubernetes.default.svc.cluster.local"),
     ),
@@ -48,10 +49,17 @@ IDENTITIES = (
     Identity("admin", "kubernetes-admin", ("system:masters",)),
     Identity("controller-manager", "system:kube-controller-manager"),
     Identity("scheduler", "system:kube-scheduler"),
-    Identity("node-agent", f"system:node:{layout.NODE_NAME}", ("system:nodes",)),
-    Identity("kubelet", layout.NODE_NAME, ips=("127.0.0.1",), dns=("localhost", layout.NODE_NAME)),
-    # MariaDB offers TLS (clients choose; users created with REQUIRE SSL must use it).
-    Identity("mariadb", "mariadb", ips=("127.0.0.1",), dns=("localhost",)),
+    Identity("kube-proxy", "system:kube-proxy"),  # bound to system:node-proxier by default
+    Identity("coredns", "testbed:coredns"),  # RBAC in manifests/rbac.yaml
+    Identity("provisioner", "testbed:provisioner"),
+    # Each node: its kubelet's client (Node authorizer, NodeRestriction) and serving certificates.
+    *(identity for node in NODES for identity in (
+        Identity(f"{node.identity}-client", f"system:node:{node.name}", ("system:nodes",)),
+        Identity(f"{node.identity}-serving", node.name, ips=(node.ip,), dns=(node.name,)),
+    )),
+    # MariaDB offers TLS (clients choose; users created with REQUIRE SSL must use it). Its second
+    # address lets tests name it as a server other than the operator's default.
+    Identity("mariadb", "mariadb", ips=("127.0.0.1", layout.HOST_IP, layout.OTHER_MYSQL_IP), dns=("localhost",)),
 )
 
 

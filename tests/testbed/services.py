@@ -1,8 +1,9 @@
 """The testbed's processes: how each is started and how we know it is ready.
 
-The order of SERVICES is the start order (and, reversed, the stop order): storage first, then the
-API server, then what talks to it. Every flag that differs from a default is here for a reason
-noted beside it; FIELD-NOTES.md explains the ones that are specific to running on 127.0.0.1.
+The order of `services()` is the start order (and, reversed, the stop order): the registry and
+storage first, then the API server, then what talks to it, the nodes last. Every flag that differs
+from a default is here for a reason noted beside it; FIELD-NOTES.md explains the ones specific to
+these machines (loopback, cgroup v1, no CAP_SYS_RESOURCE).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from pathlib import Path
 
 import pymysql
 
-from tests.testbed import layout
+from tests.testbed import images, layout, nodes, pki, registry
+from tests.testbed.nodes import NODES, Node
 
 PKI = layout.PKI
 MARIADB = layout.TESTBED / "mariadb"
 MARIADB_SOCKET = MARIADB / "mysqld.sock"
+MANIFESTS = Path(__file__).parent / "manifests"
 
 
 @dataclass(frozen=True)
@@ -100,11 +103,75 @@ def _component_auth(stem: str) -> list[str]:
             f"--authorization-kubeconfig={_kubeconfig(stem)}", "--bind-address=127.0.0.1", "--leader-elect=false"]
 
 
+def _apply_manifests() -> None:
+    """The cluster's own objects, as soon as the API serves: StorageClass, DNS Service, RBAC of host parts."""
+    subprocess.run([str(layout.BIN / "kubectl"), f"--kubeconfig={layout.TESTBED / 'kubeconfig'}", "apply",
+                    "--server-side", "-f", str(MANIFESTS)], check=True, stdout=subprocess.DEVNULL)
+
+
+def _corefile() -> Path:
+    """CoreDNS on the host: cluster names from the API (the kubernetes plugin), others from the host's resolver."""
+    path = layout.TESTBED / "Corefile"
+    path.write_text(
+        f"{layout.CLUSTER_DOMAIN}:53 in-addr.arpa:53 {{\n    bind {layout.HOST_IP}\n    errors\n"
+        f"    health {layout.HOST_IP}:{layout.COREDNS_HEALTH_PORT}\n"
+        f"    kubernetes {layout.CLUSTER_DOMAIN} in-addr.arpa {{\n        kubeconfig {_kubeconfig('coredns')} testbed\n"
+        "        pods insecure\n    }\n    cache 30\n}\n"
+        f".:53 {{\n    bind {layout.HOST_IP}\n    errors\n    forward . /etc/resolv.conf\n    cache 30\n}}\n"
+    )
+    return path
+
+
+def _kube_proxy_config() -> Path:
+    """One kube-proxy for the host (both nodes' pods share its network), in iptables mode."""
+    path = layout.TESTBED / "kube-proxy.yaml"
+    path.write_text(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+        f"clientConnection: {{kubeconfig: {_kubeconfig('kube-proxy')}}}\n"
+        f"mode: iptables\nclusterCIDR: {layout.CLUSTER_CIDR}\nhostnameOverride: {NODES[0].name}\n"
+        f"bindAddress: {layout.HOST_IP}\nnodePortAddresses: [primary]\n"
+        f"healthzBindAddress: 127.0.0.1:{layout.KUBE_PROXY_HEALTHZ_PORT}\n"
+        f"metricsBindAddress: 127.0.0.1:{layout.KUBE_PROXY_METRICS_PORT}\n"
+        "conntrack: {maxPerCore: 0}\n"  # leave the host's conntrack limits alone
+    )
+    return path
+
+
+def _containerd_answers(node: Node) -> bool:
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(node.socket))
+        except OSError:
+            return False
+    return True
+
+
+def _node_services(node: Node, bin_dir: Path, sandbox_image: str) -> list[Service]:
+    """A node's containerd (with runc and the CNI plugins on its PATH) and its kubelet."""
+    path = f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"
+    containerd = Service(
+        f"containerd-{node.index}", [str(bin_dir / "containerd"), f"--config={node.home / 'containerd.toml'}"],
+        ready=lambda: _containerd_answers(node), env={"PATH": path},
+        prepare=lambda: nodes.write_files(node, bin_dir, sandbox_image), stop_timeout=30.0,
+    )
+    kubelet = Service(
+        f"kubelet-{node.index}", nodes.kubelet_argv(node, bin_dir / "kubelet"),
+        ready=lambda: _http_ok(f"http://{node.ip}:{layout.KUBELET_HEALTHZ_PORT}/healthz"), env={"PATH": path},
+        prepare=lambda: pki.kubeconfig(node.home / "kubelet.kubeconfig", f"{node.identity}-client"),
+        stop_timeout=30.0,
+    )
+    return [containerd, kubelet]
+
+
 def services(bin_dir: Path) -> list[Service]:
+    registry_service = Service("registry", registry.argv(bin_dir / "registry"), ready=registry.answers)
     mariadb = Service(
         "mariadb",
         ["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={MARIADB / 'data'}", f"--socket={MARIADB_SOCKET}",
-         f"--pid-file={MARIADB / 'mariadbd.pid'}", "--user=root", "--bind-address=127.0.0.1",
+         f"--pid-file={MARIADB / 'mariadbd.pid'}", "--user=root",
+         # Loopback for the host, HOST_IP for pods (and the host: one URL works from both), and a
+         # second address that tests name as "another server".
+         f"--bind-address=127.0.0.1,{layout.HOST_IP},{layout.OTHER_MYSQL_IP}",
          f"--port={layout.MYSQL_PORT}", "--skip-name-resolve",
          "--max-connections=2000",  # every trial pod and the operator hold connections
          "--innodb-buffer-pool-size=256M",
@@ -128,8 +195,9 @@ def services(bin_dir: Path) -> list[Service]:
         "kube-apiserver",
         [str(bin_dir / "kube-apiserver"),
          f"--etcd-servers=http://127.0.0.1:{layout.ETCD_CLIENT_PORT}",
-         "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={layout.API_PORT}",
-         "--endpoint-reconciler-type=none",  # loopback endpoints are refused; there is no default route
+         # Every address: the host uses 127.0.0.1, pods the `kubernetes` Service, whose endpoint is
+         # HOST_IP (the endpoint reconciler refuses loopback).
+         "--bind-address=0.0.0.0", f"--advertise-address={layout.HOST_IP}", f"--secure-port={layout.API_PORT}",
          f"--service-cluster-ip-range={layout.SERVICE_CIDR}",
          f"--tls-cert-file={PKI / 'apiserver.crt'}", f"--tls-private-key-file={PKI / 'apiserver.key'}",
          f"--client-ca-file={PKI / 'ca.crt'}",
@@ -143,6 +211,7 @@ def services(bin_dir: Path) -> list[Service]:
          "--kubelet-preferred-address-types=InternalIP",
          "--allow-privileged=true"],
         ready=lambda: _https_ok(f"https://127.0.0.1:{layout.API_PORT}/readyz", "admin"),
+        after_ready=_apply_manifests,
     )
     controller_manager = Service(
         "kube-controller-manager",
@@ -151,7 +220,9 @@ def services(bin_dir: Path) -> list[Service]:
          f"--service-account-private-key-file={PKI / 'service-account.key'}",
          f"--root-ca-file={PKI / 'ca.crt'}", "--use-service-account-credentials=true",
          f"--service-cluster-ip-range={layout.SERVICE_CIDR}",
-         "--enable-hostpath-provisioner=true"],  # dynamic PVs for the default StorageClass
+         # Nodes get their pod CIDRs from their kubelets' configuration; the controller must not
+         # hand out others (it would, with --allocate-node-cidrs).
+         "--allocate-node-cidrs=false"],
         ready=lambda: _https_ok(f"https://127.0.0.1:{layout.CONTROLLER_MANAGER_PORT}/healthz"),
     )
     scheduler = Service(
@@ -159,17 +230,20 @@ def services(bin_dir: Path) -> list[Service]:
         [str(bin_dir / "kube-scheduler"), *_component_auth("scheduler"), f"--secure-port={layout.SCHEDULER_PORT}"],
         ready=lambda: _https_ok(f"https://127.0.0.1:{layout.SCHEDULER_PORT}/healthz"),
     )
-    node_agent = Service(
-        "node-agent",
-        [sys.executable, "-m", "tests.testbed.node_agent",
-         f"--kubeconfig={_kubeconfig('node-agent')}", f"--node-name={layout.NODE_NAME}",
-         f"--state-dir={layout.TESTBED / 'node'}", f"--pod-log-dir={layout.POD_LOGS}",
-         f"--serving-cert={PKI / 'kubelet.crt'}", f"--serving-key={PKI / 'kubelet.key'}",
-         f"--client-ca={PKI / 'ca.crt'}", f"--port={layout.KUBELET_PORT}",
-         f"--cpu={layout.NODE_CPU}", f"--memory={layout.NODE_MEMORY}", f"--gpus={layout.NODE_GPUS}",
-         "--max-pods=110", f"--path-prefix={layout.VENV_BIN}",
-         "--api-host=127.0.0.1", f"--api-port={layout.API_PORT}"],
-        ready=lambda: _https_ok(f"https://127.0.0.1:{layout.KUBELET_PORT}/healthz", "apiserver-kubelet-client"),
-        stop_timeout=45.0,  # it stops every pod first, each with its grace period
+    coredns = Service(
+        "coredns", [str(bin_dir / "coredns"), "-conf", str(_corefile())],
+        ready=lambda: _http_ok(f"http://{layout.HOST_IP}:{layout.COREDNS_HEALTH_PORT}/health"),
     )
-    return [mariadb, etcd, apiserver, controller_manager, scheduler, node_agent]
+    kube_proxy = Service(
+        "kube-proxy", [str(bin_dir / "kube-proxy"), f"--config={_kube_proxy_config()}"],
+        ready=lambda: _http_ok(f"http://127.0.0.1:{layout.KUBE_PROXY_HEALTHZ_PORT}/healthz"),
+    )
+    provisioner = Service(
+        "provisioner", [sys.executable, "-m", "tests.testbed", "provisioner", _kubeconfig("provisioner")],
+        ready=lambda: True,
+    )
+    sandbox = images.references()["HPO_TESTBED_PAUSE_IMAGE"]
+    node_services = [service for node in NODES for service in _node_services(node, bin_dir, sandbox)]
+    # kube-proxy last: it waits for its node to be registered before it reports healthy.
+    return [registry_service, mariadb, etcd, apiserver, controller_manager, scheduler, coredns, provisioner,
+            *node_services, kube_proxy]
