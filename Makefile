@@ -29,7 +29,7 @@ $(VENV)/.installed: $(REQUIREMENTS) operator/pyproject.toml trial-image/pyprojec
 venv: $(VENV)/.installed ## Create or update the virtual environment .venv
 
 .PHONY: debian-packages
-debian-packages: ## Install the Debian packages the testbed needs (MariaDB, runc, buildah, mmdebstrap, iptables), if missing
+debian-packages: ## Install the Debian packages the testbed needs (MariaDB, runc, buildah, mmdebstrap, iptables, nftables), if missing
 	@tests/testbed/install-debian-packages.sh
 
 .PHONY: binaries
@@ -49,7 +49,7 @@ images-prune: venv debian-packages ## Free the disk older image builds hold (loc
 	@$(PY) -m tests.testbed images-prune
 
 .PHONY: testbed-up
-testbed-up: venv debian-packages ## Start the local control plane, node agent and MariaDB (idempotent)
+testbed-up: venv debian-packages ## Start the control plane, two real nodes (kubelet, containerd), the registry with the images, MariaDB (idempotent)
 	@$(PY) -m tests.testbed up
 
 .PHONY: testbed-down
@@ -57,7 +57,7 @@ testbed-down: ## Stop everything the testbed and other targets started; remove .
 	@if [ -x $(PY) ]; then $(PY) -m tests.testbed down; else rm -rf .testbed; fi
 
 .PHONY: testbed-status
-testbed-status: ## Show whether each testbed process runs, and the node
+testbed-status: ## Show whether each testbed process runs, and the nodes
 	@$(PY) -m tests.testbed status
 
 .PHONY: test
@@ -102,7 +102,7 @@ CHART_RELEASE ?= hpo
 CHART_NAMESPACE ?= hpo-system
 
 .PHONY: chart-up
-chart-up: testbed-up ## helm install the chart into the testbed (its MariaDB, 1 replica; replaces operator-up); waits until Available
+chart-up: testbed-up ## helm install the chart into the testbed (operator image from the registry, its MariaDB, 1 replica; replaces operator-up)
 	@$(PY) -m tests.testbed operator-down >/dev/null  # two operators serving one namespace would fight
 	@source .testbed/env && \
 	  kubectl apply --server-side -f crds/ >/dev/null && \
@@ -113,6 +113,9 @@ chart-up: testbed-up ## helm install the chart into the testbed (its MariaDB, 1 
 	    --from-literal=username="$$HPO_MYSQL_USER" --from-literal=password="$$HPO_MYSQL_PASSWORD" \
 	    --dry-run=client -o yaml | kubectl apply -f - >/dev/null && \
 	  helm upgrade --install $(CHART_RELEASE) $(CHART) -n $(CHART_NAMESPACE) --set operator.replicas=1 \
+	    --set image.repository="$${HPO_OPERATOR_IMAGE%:*}" --set image.tag="$${HPO_OPERATOR_IMAGE##*:}" \
+	    --set operator.trialImage.repository="$${HPO_TRIAL_IMAGE%:*}" \
+	    --set operator.trialImage.tag="$${HPO_TRIAL_IMAGE##*:}" \
 	    --set mysql.enabled=false --set mysql.external.host="$$HPO_MYSQL_HOST" \
 	    --set mysql.external.port="$$HPO_MYSQL_PORT" --set mysql.external.adminSecret.name=$(CHART_RELEASE)-mysql-admin \
 	    --wait --timeout 5m && \

@@ -23,12 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from hpo_operator import database
 from hpo_operator.models import DISPATCHED_AT_ANNOTATION, TRIAL_LABEL
 from tests.bench.report import progress
+from tests.mysql import admin_server
 from tests.studies import Studies
 from tests.testbed import cluster, layout
 from tests.testbed.operator import METRICS_PORT
 
 OBJECTIVES = layout.ROOT / "tests" / "bench" / "objectives.py"
-TRIAL_IMAGE = "hpo-trial:local"
 
 
 def api() -> client.ApiClient:
@@ -36,12 +36,15 @@ def api() -> client.ApiClient:
     return config.new_client_from_config(str(cluster.KUBECONFIG))
 
 
+def testbed_env() -> dict[str, str]:
+    """The `HPO_*` values `.testbed/env` exports (the MariaDB admin, the images)."""
+    return dict(line.removeprefix("export ").split("=", 1) for line in cluster.ENV_FILE.read_text().splitlines()
+                if line.startswith("export HPO_"))
+
+
 def mysql_admin() -> database.Server:
     """The testbed's MariaDB admin, as the operator gets it (the baseline provisions its own database)."""
-    values = dict(line.removeprefix("export ").split("=", 1) for line in cluster.ENV_FILE.read_text().splitlines()
-                  if line.startswith("export HPO_MYSQL_"))
-    return database.Server(values["HPO_MYSQL_HOST"], int(values["HPO_MYSQL_PORT"]), values["HPO_MYSQL_USER"],
-                           values["HPO_MYSQL_PASSWORD"])
+    return admin_server(testbed_env())
 
 
 def objective_template(sleep_s: float) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def run_baseline(kube: client.ApiClient, namespace: str, trials: int) -> Run:
         metadata=client.V1ObjectMeta(name=BASELINE), data={"url": base64.b64encode(url.encode()).decode()}))
     template = harness.objective_template(SLEEP_S)["spec"]
     container = template["containers"][0]
-    container.update(image=harness.TRIAL_IMAGE, command=["python", "/objectives/objectives.py"])
+    container.update(image=harness.testbed_env()["HPO_TRIAL_IMAGE"], command=["python", "/objectives/objectives.py"])
     container["env"] += [{"name": "BENCH_STUDY", "value": BASELINE},
                          {"name": "BENCH_STORAGE_URL", "valueFrom": {"secretKeyRef": {"name": BASELINE, "key": "url"}}}]
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": BASELINE},

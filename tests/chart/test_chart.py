@@ -1,6 +1,7 @@
 """The Helm chart on the testbed: lint, every option rendered and dry-run by the real API server,
-install, least-privilege RBAC, a study run by the chart's operator in-cluster, upgrade, failover
-between two peered operators, a cluster-scoped release with the in-chart MySQL Secret, uninstall.
+install, least-privilege RBAC, a study run by the chart's operator in-cluster (from the operator
+image), upgrade, failover between two peered operators, a database-only release with the in-chart
+MySQL, a cluster-scoped release serving a study from its own MySQL with the dashboard, uninstall.
 
 The tests run in file order and share one release (fixture `chart`): namespace-scoped RBAC serving
 one study namespace, the testbed's MariaDB as the external server, in a release namespace that
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import optuna
+import pymysql
 import pytest
 import yaml
 from kubernetes import client
@@ -52,8 +54,18 @@ PSS_LABELS = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.
 Case = tuple[str, str, "str | None"]  # verb, resource (may carry flags), namespace (None: cluster-wide)
 
 
+def image_values(env: dict[str, str]) -> dict[str, Any]:
+    """Chart values naming the images the testbed built and pushed to its registry."""
+    def split(variable: str) -> dict[str, str]:
+        repository, tag = env[variable].rsplit(":", 1)
+        return {"repository": repository, "tag": tag}
+
+    return {"image": split("HPO_OPERATOR_IMAGE"), "operator": {"trialImage": split("HPO_TRIAL_IMAGE")},
+            "mysql": {"image": split("HPO_MYSQL_IMAGE")}, "dashboard": {"image": split("HPO_DASHBOARD_IMAGE")}}
+
+
 def free_port() -> int:
-    """A port nothing listens on now (pods share the host network on the testbed)."""
+    """A port nothing on this host listens on now (for operators run as host processes)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -147,12 +159,13 @@ def chart(kube: client.ApiClient, testbed_env: dict[str, str],
         "volumes": [{"name": "objectives", "configMap": {"name": "objectives"}}],
     }}
     values.write_text(yaml.safe_dump({
+        **image_values(testbed_env),
         "rbac": {"scope": "namespaced"},
         "watchNamespaces": [setup.studies_namespace],
         "mysql": {"enabled": False, "external": {"host": testbed_env["HPO_MYSQL_HOST"],
                                                  "port": int(testbed_env["HPO_MYSQL_PORT"]),
                                                  "adminSecret": {"name": "mysql-admin"}}},
-        "operator": {"healthPort": free_port(), "metricsPort": free_port(),
+        "operator": {**image_values(testbed_env)["operator"],
                      "probes": {"initialDelaySeconds": 1, "periodSeconds": 2}},
     }))
     try:
@@ -227,8 +240,6 @@ def test_each_option_renders_and_passes_a_server_side_dry_run(chart: Chart, opti
         assert all(key in labels for key in STANDARD_LABELS), f"{obj['kind']} {obj['metadata']['name']}: {labels}"
     operator = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "render-hpo-operator")
     assert operator["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
-    ports = [p["containerPort"] for spec in _pod_specs(objects) for c in spec["containers"] for p in c.get("ports", [])]
-    assert len(ports) == len(set(ports)), f"ports collide on a shared host network: {ports}"
     for container in (c for spec in _pod_specs(objects) for c in spec["containers"]):
         assert container.get("command"), f"{container['name']} names no command"
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -462,6 +473,7 @@ def test_failover_between_two_peered_operators(chart: Chart, testbed_env: dict[s
         env = {"PATH": f"{ROOT / '.venv' / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(kubeconfig),
                "PYTHONUNBUFFERED": "1", "HPO_NAMESPACES": chart.studies_namespace, "HPO_PEERING": chart.fullname,
                "HPO_PRIORITY": str(priority), "HPO_METRICS_PORT": str(free_port()),
+               "HPO_TRIAL_IMAGE": testbed_env["HPO_TRIAL_IMAGE"],
                **{k: v for k, v in testbed_env.items() if k.startswith("HPO_MYSQL_")}}
         with log.open("wb") as out:
             process = subprocess.Popen([str(ROOT / ".venv" / "bin" / "hpo-operator"),
@@ -506,37 +518,124 @@ def test_failover_between_two_peered_operators(chart: Chart, testbed_env: dict[s
                     peer.process.wait()
 
 
-def test_a_cluster_scoped_release_and_the_in_chart_mysql_secret(chart: Chart) -> None:
-    """Cluster RBAC (the default) and the generated MySQL password: kept across upgrades and on
-    uninstall. The node agent cannot run a MySQL image, so its container just sleeps; no operator runs."""
-    release = f"{chart.release}x"
-    fullname, secret = f"{release}-hpo-operator", f"{release}-hpo-operator-mysql-admin"
-    args = ["-n", chart.namespace, "--set", "operator.replicas=0", "--set", "mysql.persistence.size=64Mi",
-            "--set", "mysql.command={sh,-c,exec sleep 600,mysqld}"]
-    chart.helm("install", release, str(CHART), *args)
+def _mysql_answers(chart: Chart, namespace: str, release: str, password: str) -> bool:
+    """The in-chart MySQL takes the admin password over its Service's pod address, from this host."""
+    selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/component=mysql"
+    pods = client.CoreV1Api(chart.kube).list_namespaced_pod(namespace, label_selector=selector).items
+    if not pods or not pods[0].status.pod_ip:
+        return False
     try:
-        password = chart.secret(secret)["password"]
+        pymysql.connect(host=pods[0].status.pod_ip, port=3306, user="root", password=password,
+                        connect_timeout=5).close()
+    except pymysql.MySQLError:
+        return False
+    return True
+
+
+def test_a_second_release_gets_a_ready_in_chart_mysql_that_keeps_its_password(
+    chart: Chart, testbed_env: dict[str, str]
+) -> None:
+    """Beside the first release, in another namespace, exactly as a user would add a database-only
+    release: the MySQL pod (Debian's MariaDB image from the testbed's registry) becomes Ready on its
+    volume with the generated admin password, which an upgrade keeps and uninstall leaves behind."""
+    namespace, release = f"{chart.namespace}-db", f"{chart.release}db"
+    secret = f"{release}-hpo-operator-mysql-admin"
+    _create_namespace(client.CoreV1Api(chart.kube), namespace, PSS_LABELS)
+    repository, tag = testbed_env["HPO_MYSQL_IMAGE"].rsplit(":", 1)
+    args = ["-n", namespace, "--set", "operator.replicas=0", "--set", "rbac.create=false",
+            "--set", f"watchNamespaces={{{namespace}}}", "--set", "mysql.enabled=true",
+            "--set", f"mysql.image.repository={repository}", "--set", f"mysql.image.tag={tag}"]
+    try:
+        chart.helm("install", release, str(CHART), *args, "--wait", "--timeout", "5m")
+        chart.kubectl("-n", namespace, "wait", "--for=condition=Ready", "pod", "--timeout=180s",
+                      "-l", f"app.kubernetes.io/instance={release},app.kubernetes.io/component=mysql")
+        core = client.CoreV1Api(chart.kube)
+        data = core.read_namespaced_secret(secret, namespace).data or {}
+        password = base64.b64decode(data["password"]).decode()
         assert len(password) == 32
-        chart.helm("upgrade", release, str(CHART), *args, "--set", "mysql.maxConnections=500")
-        assert chart.secret(secret)["password"] == password
-        allowed: list[Case] = [(v, r, "default") for v, r in ALLOWED_IN_SERVED if "kopfpeerings" not in r]
+        wait_for(lambda: _mysql_answers(chart, namespace, release, password), 60, "MySQL to take the password")
+        chart.helm("upgrade", release, str(CHART), *args, "--set", "mysql.maxConnections=500", "--wait")
+        assert base64.b64decode((core.read_namespaced_secret(secret, namespace).data or {})["password"]).decode() \
+            == password
+        chart.helm("uninstall", release, "-n", namespace, "--wait")
+        assert core.read_namespaced_secret(secret, namespace).data, "the admin Secret is kept on uninstall"
+        claims = core.list_namespaced_persistent_volume_claim(namespace).items
+        assert [c.metadata.name for c in claims] == [f"data-{release}-hpo-operator-mysql-0"], "the data is kept"
+    finally:
+        chart.helm("uninstall", release, "-n", namespace, "--wait", check=False)
+        client.CoreV1Api(chart.kube).delete_namespace(namespace)
+
+
+def test_a_cluster_scoped_release_serves_a_study_from_its_own_mysql_and_shows_it_in_the_dashboard(
+    chart: Chart, testbed_env: dict[str, str]
+) -> None:
+    """Cluster RBAC (the default), the in-chart MySQL as the default server and the dashboard of one
+    study, run for real: the study reaches Succeeded on the in-chart MySQL, and the dashboard, reading
+    as the study's read-only user, answers over `kubectl port-forward` with that study's trials."""
+    namespace, release = f"{chart.namespace}-all", f"{chart.release}all"
+    fullname = f"{release}-hpo-operator"
+    studies_namespace = f"{chart.studies_namespace}-all"
+    core = client.CoreV1Api(chart.kube)
+    _create_namespace(core, namespace, PSS_LABELS)
+    _create_namespace(core, studies_namespace)
+    core.create_namespaced_config_map(studies_namespace, client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="objectives"), data={"objectives.py": OBJECTIVES.read_text()}))
+    values = chart.values.with_name("all.yaml")
+    values.write_text(yaml.safe_dump({
+        **image_values(testbed_env), "watchNamespaces": [studies_namespace],
+        "dashboard": {**image_values(testbed_env)["dashboard"], "enabled": True,
+                      "study": f"{studies_namespace}/shown"},
+    }))
+    try:
+        chart.helm("install", release, str(CHART), "-n", namespace, "-f", str(values))
+        chart.kubectl("-n", namespace, "wait", "--for=condition=Available", f"deployment/{fullname}",
+                      "--timeout=300s")
+        studies = Studies(chart.kube, studies_namespace)
+        studies.create("shown", _study_spec(chart, trials=3, parallelism=3, sleep=0.5))
+        done = studies.wait_phase("shown", "Succeeded", 240)
+        assert done["status"]["trials"] == {"running": 0, "complete": 3, "pruned": 0, "failed": 0}
+        writer = base64.b64decode((core.read_namespaced_secret("shown-storage", studies_namespace).data or {})
+                                  ["url"]).decode()
+        assert f"@{fullname}-mysql.{namespace}.svc:3306/" in writer, "the in-chart MySQL is the default server"
+        chart.kubectl("-n", studies_namespace, "wait", "--for=condition=Available", f"deployment/{fullname}-dashboard",
+                      "--timeout=180s")
+        assert _dashboard_trials(chart, studies_namespace, f"{fullname}-dashboard") == {"shown": 3}
+        account = f"system:serviceaccount:{namespace}:{fullname}"
+        # Cluster RBAC: the rules hold in every namespace (a ClusterRole), here checked in the served one.
+        allowed: list[Case] = [(v, r, studies_namespace) for v, r in ALLOWED_IN_SERVED]
         allowed += [(v, r, None) for v, r in ALLOWED_IN_SERVED if "kopfpeerings" not in r and v in ("list", "watch")]
-        allowed += [("list", "clusterkopfpeerings.kopf.dev", None), ("watch", "clusterkopfpeerings.kopf.dev", None),
-                    ("patch", f"clusterkopfpeerings.kopf.dev/{fullname}", None),
-                    ("list", "customresourcedefinitions.apiextensions.k8s.io", None)]
-        denied: list[Case] = [(v, r, "default") for v, r in DENIED_IN_SERVED if "kopfpeerings" not in r]
-        denied += [("patch", "clusterkopfpeerings.kopf.dev/other", None), ("list", "namespaces", None),
-                   ("list", "nodes", None), ("list", "secrets", None),
+        allowed += [("patch", f"kopfpeerings.kopf.dev/{fullname}", studies_namespace),
+                    ("list", "customresourcedefinitions.apiextensions.k8s.io", None), ("list", "namespaces", None)]
+        denied: list[Case] = [(v, r, studies_namespace) for v, r in DENIED_IN_SERVED]
+        denied += [("list", "nodes", None), ("list", "secrets", None),
                    ("get", "clusterroles.rbac.authorization.k8s.io", None)]
-        answers = chart.can_all(allowed + denied, f"system:serviceaccount:{chart.namespace}:{fullname}")
+        answers = chart.can_all(allowed + denied, account)
         assert [case for case in allowed if not answers[case]] == [], "the operator needs these"
         assert [case for case in denied if answers[case]] == [], "the operator does not need these"
     finally:
-        chart.helm("uninstall", release, "-n", chart.namespace, "--wait")
-    assert chart.secret(secret)["password"] == password, "the admin Secret is kept on uninstall"
-    claims = client.CoreV1Api(chart.kube).list_namespaced_persistent_volume_claim(chart.namespace).items
-    assert [plain(c)["metadata"]["name"] for c in claims] == [f"data-{fullname}-mysql-0"], "the data volume is kept"
-    client.CoreV1Api(chart.kube).delete_namespaced_secret(secret, chart.namespace)
+        chart.helm("uninstall", release, "-n", namespace, "--wait", check=False)
+        for name in (studies_namespace, namespace):
+            core.delete_namespace(name)
+
+
+def _dashboard_trials(chart: Chart, namespace: str, service: str) -> dict[str, int]:
+    """Each study's trial count, as optuna-dashboard's API reports it through `kubectl port-forward`."""
+    port = free_port()
+    forward = subprocess.Popen(["kubectl", "port-forward", "-n", namespace, f"service/{service}", f"{port}:8081"],
+                               env=chart.env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert forward.stdout is not None and "Forwarding from" in forward.stdout.readline()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=30) as response:
+            listed = json.load(response)["study_summaries"]
+        counts = {}
+        for study in listed:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}",
+                                        timeout=30) as response:
+                counts[study["study_name"]] = len(json.load(response)["trials"])
+        return counts
+    finally:
+        forward.terminate()
+        forward.wait()
 
 
 def test_uninstall_removes_the_release_and_keeps_the_crd_and_the_studies_data(

@@ -18,17 +18,18 @@ from hpo_operator.models import STUDY_LABEL
 from tests.conftest import ROOT
 from tests.helpers import wait_for
 from tests.studies import Studies
+from tests.testbed.layout import HOST_IP, OTHER_MYSQL_IP
 
 OBJECTIVES = Path(__file__).with_name("objectives.py")
 
 
-# The operator's policy in these tests: besides the default server (127.0.0.1), studies may name
-# 127.0.0.2 (where tests run fake MySQL servers) and the testbed's MariaDB as `localhost`; trial pods
+# The operator's policy in these tests: besides the default server, studies may name 127.0.0.2
+# (where tests run fake MySQL servers) and the testbed's MariaDB at its second address; trial pods
 # may run as `trainer`; `hpo-operator-home` plays the operator's own namespace (where the chart keeps
 # the admin Secret).
 OPERATOR_NAMESPACE = "hpo-operator-home"
-OPERATOR_POLICY = {"HPO_STORAGE_HOSTS": "127.0.0.1,127.0.0.2,localhost", "HPO_TRIAL_SERVICE_ACCOUNTS": "trainer",
-                   "HPO_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE}
+OPERATOR_POLICY = {"HPO_STORAGE_HOSTS": f"{HOST_IP},127.0.0.2,{OTHER_MYSQL_IP}",
+                   "HPO_TRIAL_SERVICE_ACCOUNTS": "trainer", "HPO_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE}
 
 
 def start_operator() -> int:

@@ -1,4 +1,4 @@
-"""The operator end to end: HpoStudy in, trial pods through the node agent, results in status.
+"""The operator end to end: HpoStudy in, trial pods on the testbed's nodes, results in status.
 
 Each test runs in its own namespace against the real testbed and the operator from `make operator-up`.
 Trials run the small objectives in objectives.py (a ConfigMap mounted into the trial pods).

@@ -29,6 +29,7 @@ from tests.helpers import wait_for
 from tests.legacy_names import colliding_studies
 from tests.pod_logs import PodLogs
 from tests.studies import Studies
+from tests.testbed.layout import OTHER_MYSQL_IP
 
 pytestmark = pytest.mark.e2e
 
@@ -125,12 +126,13 @@ def test_a_study_on_a_tls_server_verifies_it_and_its_trial_pods_use_tls(
     add_secret(core, studies.namespace, "db-admin",
                {"username": testbed_env["HPO_MYSQL_USER"], "password": testbed_env["HPO_MYSQL_PASSWORD"]})
     add_secret(core, studies.namespace, "db-ca", {"ca.crt": (TESTBED / "pki" / "ca.crt").read_text()})
-    # `localhost` is the testbed's MariaDB under a name its certificate holds, but not the operator's server.
+    # The testbed's MariaDB at its second address, which its certificate holds: not the operator's server.
     studies.create("tls", study_spec(objectives, trials=2, storage={
-        "host": "localhost", "port": server.port, "adminSecret": {"name": "db-admin"},
+        "host": OTHER_MYSQL_IP, "port": server.port, "adminSecret": {"name": "db-admin"},
         "tls": {"caSecret": {"name": "db-ca"}, "mode": "VerifyIdentity"}}))
     try:
-        studies.wait_phase("tls", "Succeeded")
+        done = studies.wait_phase("tls", "Succeeded")
+        assert done["status"]["trials"]["complete"] == 2, "trial pods connected over TLS"
         names = mysql.recorded(server, studies.namespace, "tls")
         assert names is not None
         with mysql.admin(server) as connection, connection.cursor() as cursor:

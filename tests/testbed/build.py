@@ -105,6 +105,8 @@ COMPONENTS = (
         layout.REGISTRY_VERSION,
         ldflags=(f"-X github.com/distribution/distribution/v3/version.version={layout.REGISTRY_VERSION}",),
     ),
+    # NetworkPolicy enforcement: kube-network-policies' controller behind a main of ours (go/netpol).
+    Component("netpol", (".",), layout.NETWORK_POLICIES_VERSION),
 )
 
 
@@ -161,11 +163,6 @@ def build(component: Component) -> Path:
     (folder / ".complete").touch()
     print(f"built {component.module} in {time.monotonic() - started:.0f}s -> {folder}", flush=True)
     return folder
-
-
-# What `make testbed-up` runs today; the node's binaries (containerd, CNI, CoreDNS, the registry)
-# are built by `make binaries` and `make images` until the real node joins the testbed.
-CONTROL_PLANE = ("etcd", "helm", "kube")
 
 
 def build_all(modules: Iterable[str] | None = None) -> dict[str, Path]:

@@ -80,7 +80,7 @@ def _write_env() -> None:
 
 
 def _start_supervisor() -> None:
-    for stem in ("controller-manager", "scheduler", "kube-proxy", "coredns", "provisioner"):
+    for stem in ("controller-manager", "scheduler", "kube-proxy", "coredns", "provisioner", "netpol"):
         pki.kubeconfig(layout.TESTBED / f"{stem}.kubeconfig", stem)
     pki.kubeconfig(KUBECONFIG, "admin")
     password_file = layout.TESTBED / "mariadb" / "admin-password"

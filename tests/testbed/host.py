@@ -156,6 +156,9 @@ def clean(kube_proxy: Path | None) -> None:
         subprocess.run([str(kube_proxy), "--cleanup"], check=False, capture_output=True)
     _remove_firewall_rules()
     _remove_kube_chains()
+    for node in NODES:  # the NetworkPolicy enforcement's nftables tables
+        subprocess.run(["nft", "delete", "table", "inet", f"hpo-netpol-{node.index}"], check=False,
+                       capture_output=True)
     for node in NODES:
         _ip("link", "delete", node.bridge, check=False)
         for folder in _cgroup_folders(node):

@@ -65,6 +65,7 @@ CONTAINERD_VERSION = required_version("containerd", "github.com/containerd/conta
 CNI_PLUGINS_VERSION = required_version("cni", "github.com/containernetworking/plugins")
 COREDNS_VERSION = required_version("coredns", "github.com/coredns/coredns")
 REGISTRY_VERSION = required_version("registry", "github.com/distribution/distribution/v3")
+NETWORK_POLICIES_VERSION = required_version("netpol", "sigs.k8s.io/kube-network-policies")
 
 # GPUs each node advertises as the extended resource nvidia.com/gpu (e.g. HPO_TESTBED_GPUS=8).
 NODE_GPUS = os.environ.get("HPO_TESTBED_GPUS", "4")

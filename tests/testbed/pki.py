@@ -52,6 +52,7 @@ IDENTITIES = (
     Identity("kube-proxy", "system:kube-proxy"),  # bound to system:node-proxier by default
     Identity("coredns", "testbed:coredns"),  # RBAC in manifests/rbac.yaml
     Identity("provisioner", "testbed:provisioner"),
+    Identity("netpol", "testbed:netpol"),
     # Each node: its kubelet's client (Node authorizer, NodeRestriction) and serving certificates.
     *(identity for node in NODES for identity in (
         Identity(f"{node.identity}-client", f"system:node:{node.name}", ("system:nodes",)),

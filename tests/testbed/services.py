@@ -147,7 +147,8 @@ def _containerd_answers(node: Node) -> bool:
 
 
 def _node_services(node: Node, bin_dir: Path, sandbox_image: str) -> list[Service]:
-    """A node's containerd (with runc and the CNI plugins on its PATH) and its kubelet."""
+    """A node's containerd (with runc and the CNI plugins on its PATH), its kubelet, and the enforcement
+    of NetworkPolicies for its pods (kube-network-policies: nftables and an nfqueue of the node's own)."""
     path = f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"
     containerd = Service(
         f"containerd-{node.index}", [str(bin_dir / "containerd"), f"--config={node.home / 'containerd.toml'}"],
@@ -160,7 +161,13 @@ def _node_services(node: Node, bin_dir: Path, sandbox_image: str) -> list[Servic
         prepare=lambda: pki.kubeconfig(node.home / "kubelet.kubeconfig", f"{node.identity}-client"),
         stop_timeout=30.0,
     )
-    return [containerd, kubelet]
+    netpol = Service(
+        f"netpol-{node.index}",
+        [str(bin_dir / "netpol"), f"--kubeconfig={_kubeconfig('netpol')}", f"--node={node.name}",
+         f"--nftables-table=hpo-netpol-{node.index}", f"--nfqueue-id={100 + node.index}"],
+        ready=lambda: True,
+    )
+    return [containerd, kubelet, netpol]
 
 
 def services(bin_dir: Path) -> list[Service]:

@@ -2,7 +2,8 @@
 
 PID 1 on these machines does not reap orphans, so nothing we start may outlive its parent. The
 supervisor starts each service in order, waits until it is ready, and then waits on its children;
-it is a child subreaper, so a pod process orphaned by a crashed node agent is reaped here too. On
+it is a child subreaper, so containerd's shims (which detach from containerd) and anything else
+orphaned below it are reaped here too. On
 SIGTERM it stops the services in reverse order and exits. Its state file tells `up` and `status`
 how far it got and, on failure, which log to read.
 
