@@ -29,7 +29,7 @@ $(VENV)/.installed: $(REQUIREMENTS) operator/pyproject.toml trial-image/pyprojec
 venv: $(VENV)/.installed ## Create or update the virtual environment .venv
 
 .PHONY: debian-packages
-debian-packages: ## Install the Debian packages the testbed needs (MariaDB, runc, buildah, mmdebstrap, iptables, nftables), if missing
+debian-packages: ## Install the Debian packages the testbed needs (MariaDB, runc, buildah, mmdebstrap, iptables), if missing
 	@tests/testbed/install-debian-packages.sh
 
 .PHONY: binaries

@@ -566,12 +566,13 @@ def test_a_second_release_gets_a_ready_in_chart_mysql_that_keeps_its_password(
         client.CoreV1Api(chart.kube).delete_namespace(namespace)
 
 
-def test_a_cluster_scoped_release_serves_a_study_from_its_own_mysql_and_shows_it_in_the_dashboard(
+def test_a_cluster_scoped_release_serves_a_study_from_its_own_mysql_behind_its_network_policy(
     chart: Chart, testbed_env: dict[str, str]
 ) -> None:
-    """Cluster RBAC (the default), the in-chart MySQL as the default server and the dashboard of one
-    study, run for real: the study reaches Succeeded on the in-chart MySQL, and the dashboard, reading
-    as the study's read-only user, answers over `kubectl port-forward` with that study's trials."""
+    """Cluster RBAC (the default), the in-chart MySQL as the default server, the dashboard of one
+    study and the NetworkPolicies, run for real: the study reaches Succeeded on the in-chart MySQL,
+    the dashboard, reading as the study's read-only user, answers over `kubectl port-forward` with
+    that study's trials, and MySQL refuses a pod that is neither a trial pod nor the operator."""
     namespace, release = f"{chart.namespace}-all", f"{chart.release}all"
     fullname = f"{release}-hpo-operator"
     studies_namespace = f"{chart.studies_namespace}-all"
@@ -582,7 +583,7 @@ def test_a_cluster_scoped_release_serves_a_study_from_its_own_mysql_and_shows_it
         metadata=client.V1ObjectMeta(name="objectives"), data={"objectives.py": OBJECTIVES.read_text()}))
     values = chart.values.with_name("all.yaml")
     values.write_text(yaml.safe_dump({
-        **image_values(testbed_env), "watchNamespaces": [studies_namespace],
+        **image_values(testbed_env), "watchNamespaces": [studies_namespace], "networkPolicy": {"enabled": True},
         "dashboard": {**image_values(testbed_env)["dashboard"], "enabled": True,
                       "study": f"{studies_namespace}/shown"},
     }))
@@ -600,6 +601,10 @@ def test_a_cluster_scoped_release_serves_a_study_from_its_own_mysql_and_shows_it
         chart.kubectl("-n", studies_namespace, "wait", "--for=condition=Available", f"deployment/{fullname}-dashboard",
                       "--timeout=180s")
         assert _dashboard_trials(chart, studies_namespace, f"{fullname}-dashboard") == {"shown": 3}
+        # NetworkPolicy (enforced on the testbed's nodes): MySQL answers trial pods, not other pods.
+        mysql_address = (f"{fullname}-mysql.{namespace}.svc", 3306)
+        assert _reaches(chart, studies_namespace, "trial-like", {"hpo.dev/study": "x"}, mysql_address, testbed_env)
+        assert not _reaches(chart, studies_namespace, "rogue", {}, mysql_address, testbed_env)
         account = f"system:serviceaccount:{namespace}:{fullname}"
         # Cluster RBAC: the rules hold in every namespace (a ClusterRole), here checked in the served one.
         allowed: list[Case] = [(v, r, studies_namespace) for v, r in ALLOWED_IN_SERVED]
@@ -616,6 +621,20 @@ def test_a_cluster_scoped_release_serves_a_study_from_its_own_mysql_and_shows_it
         chart.helm("uninstall", release, "-n", namespace, "--wait", check=False)
         for name in (studies_namespace, namespace):
             core.delete_namespace(name)
+
+
+def _reaches(chart: Chart, namespace: str, name: str, labels: dict[str, str], address: tuple[str, int],
+             testbed_env: dict[str, str]) -> bool:
+    """Whether a pod with ``labels`` opens a TCP connection to ``address`` (within 5 s)."""
+    probe = f"import socket; socket.create_connection({address!r}, timeout=5); print('reached')"
+    core = client.CoreV1Api(chart.kube)
+    core.create_namespaced_pod(namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+        "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [
+            {"name": "probe", "image": testbed_env["HPO_TRIAL_IMAGE"], "command": ["python3", "-c", probe]}]}})
+    wait_for(lambda: core.read_namespaced_pod(name, namespace).status.phase in ("Succeeded", "Failed"), 120,
+             f"pod {name} to try {address}")
+    return bool(core.read_namespaced_pod(name, namespace).status.phase == "Succeeded")
 
 
 def _dashboard_trials(chart: Chart, namespace: str, service: str) -> dict[str, int]:

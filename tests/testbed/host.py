@@ -107,13 +107,15 @@ def unmount_under(*folders: Path) -> None:
 
 
 def _remove_firewall_rules() -> None:
-    """Drop the CNI rules of the testbed's pod networks, their per-pod chains included.
+    """Drop the CNI rules of the testbed's pod networks, their per-pod chains included, and the
+    testbed's own rules (the NetworkPolicy queue).
 
-    The CNI plugins remove a pod's rules when its sandbox is torn down; this sweeps up after pods
-    that never were (a killed testbed). Each rule names its network in a comment.
+    The CNI plugins remove a pod's rules when its sandbox is torn down, the NetworkPolicy enforcement
+    its rules when it stops; this sweeps up after a killed testbed. Each rule says whose it is in a
+    comment.
     """
-    networks = tuple(f'name: "{node.network}"' for node in NODES)
-    for table in ("nat", "filter"):
+    networks = (*(f'name: "{node.network}"' for node in NODES), "hpo-testbed:")
+    for table in ("nat", "filter", "mangle"):
         saved = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=False).stdout
         chains = set()
         for line in saved.splitlines():
@@ -131,18 +133,20 @@ def _remove_firewall_rules() -> None:
 
 
 def _remove_kube_chains() -> None:
-    """The kubelets' and kube-proxy's own chains (KUBE-FIREWALL, canaries, hints), and the jumps to them."""
-    for table in ("filter", "nat", "mangle"):
-        saved = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=False).stdout
-        for line in saved.splitlines():
-            rule = shlex.split(line) if line.startswith("-A ") else []
-            if "-j" in rule and rule[rule.index("-j") + 1].startswith("KUBE-") and not rule[1].startswith("KUBE-"):
-                subprocess.run(["iptables", "-t", table, "-D", *rule[1:]], check=False, capture_output=True)
-        chains = [line[1:].split()[0] for line in saved.splitlines() if line.startswith(":KUBE-")]
-        for chain in chains:
-            subprocess.run(["iptables", "-t", table, "-F", chain], check=False, capture_output=True)
-        for chain in chains:
-            subprocess.run(["iptables", "-t", table, "-X", chain], check=False, capture_output=True)
+    """The kubelets' and kube-proxy's own chains (KUBE-FIREWALL, canaries, hints), IPv4 and IPv6, and
+    the jumps to them from the built-in chains."""
+    for command in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle"):
+            saved = subprocess.run([f"{command}-save", "-t", table], capture_output=True, text=True,
+                                   check=False).stdout
+            for line in saved.splitlines():
+                rule = shlex.split(line) if line.startswith("-A ") else []
+                if "-j" in rule and rule[rule.index("-j") + 1].startswith("KUBE-") and not rule[1].startswith("KUBE-"):
+                    subprocess.run([command, "-t", table, "-D", *rule[1:]], check=False, capture_output=True)
+            chains = [line[1:].split()[0] for line in saved.splitlines() if line.startswith(":KUBE-")]
+            for action in ("-F", "-X"):
+                for chain in chains:
+                    subprocess.run([command, "-t", table, action, chain], check=False, capture_output=True)
 
 
 def clean(kube_proxy: Path | None) -> None:
@@ -156,9 +160,6 @@ def clean(kube_proxy: Path | None) -> None:
         subprocess.run([str(kube_proxy), "--cleanup"], check=False, capture_output=True)
     _remove_firewall_rules()
     _remove_kube_chains()
-    for node in NODES:  # the NetworkPolicy enforcement's nftables tables
-        subprocess.run(["nft", "delete", "table", "inet", f"hpo-netpol-{node.index}"], check=False,
-                       capture_output=True)
     for node in NODES:
         _ip("link", "delete", node.bridge, check=False)
         for folder in _cgroup_folders(node):

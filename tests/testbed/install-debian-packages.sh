@@ -8,10 +8,9 @@
 #   provided but seccomp not supported"), which the chart's pods all do;
 # - buildah (daemonless, builds Dockerfiles without a Docker engine) and mmdebstrap (the images'
 #   Debian base, made from Debian's packages): tests/testbed/images.py;
-# - iptables: kube-proxy's rules and the CNI portmap plugin on the testbed's nodes;
-# - nftables: `nft`, to remove the NetworkPolicy enforcement's tables at testbed-down.
+# - iptables: kube-proxy's rules, the CNI portmap plugin and the NetworkPolicy queue on the testbed's nodes.
 set -euo pipefail
-packages=(mariadb-server mariadb-client runc buildah mmdebstrap iptables nftables)
+packages=(mariadb-server mariadb-client runc buildah mmdebstrap iptables)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

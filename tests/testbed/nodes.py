@@ -72,6 +72,7 @@ def containerd_config(node: Node, cni_bin: Path, sandbox_image: str) -> str:
     - `restrict_oom_score_adj`: processes here lack CAP_SYS_RESOURCE and cannot lower their OOM score;
     - `netns_mounts_under_state_dir`: pod network namespaces live under the node's own folder;
     - `discard_unpacked_layers`: an image's compressed layers are dropped once unpacked (disk);
+    - NRI off: the two nodes' containerds would share its one socket, and nothing here uses it;
     - the registry is plain HTTP (certs.d/<address>/hosts.toml), the sandbox image comes from it.
     """
     state = node.home / "containerd"
@@ -91,6 +92,9 @@ state = "{state / 'state'}"
     sandbox = "{sandbox_image}"
   [plugins.'io.containerd.cri.v1.images'.registry]
     config_path = "{state / 'certs.d'}"
+
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
 
 [plugins.'io.containerd.cri.v1.runtime']
   restrict_oom_score_adj = true

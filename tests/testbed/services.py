@@ -26,6 +26,7 @@ PKI = layout.PKI
 MARIADB = layout.TESTBED / "mariadb"
 MARIADB_SOCKET = MARIADB / "mysqld.sock"
 MANIFESTS = Path(__file__).parent / "manifests"
+NETPOL_QUEUE = 100
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,7 @@ def _containerd_answers(node: Node) -> bool:
 
 
 def _node_services(node: Node, bin_dir: Path, sandbox_image: str) -> list[Service]:
-    """A node's containerd (with runc and the CNI plugins on its PATH), its kubelet, and the enforcement
-    of NetworkPolicies for its pods (kube-network-policies: nftables and an nfqueue of the node's own)."""
+    """A node's containerd (with runc and the CNI plugins on its PATH) and its kubelet."""
     path = f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"
     containerd = Service(
         f"containerd-{node.index}", [str(bin_dir / "containerd"), f"--config={node.home / 'containerd.toml'}"],
@@ -161,13 +161,7 @@ def _node_services(node: Node, bin_dir: Path, sandbox_image: str) -> list[Servic
         prepare=lambda: pki.kubeconfig(node.home / "kubelet.kubeconfig", f"{node.identity}-client"),
         stop_timeout=30.0,
     )
-    netpol = Service(
-        f"netpol-{node.index}",
-        [str(bin_dir / "netpol"), f"--kubeconfig={_kubeconfig('netpol')}", f"--node={node.name}",
-         f"--nftables-table=hpo-netpol-{node.index}", f"--nfqueue-id={100 + node.index}"],
-        ready=lambda: True,
-    )
-    return [containerd, kubelet, netpol]
+    return [containerd, kubelet]
 
 
 def services(bin_dir: Path) -> list[Service]:
@@ -251,6 +245,14 @@ def services(bin_dir: Path) -> list[Service]:
     )
     sandbox = images.references()["HPO_TESTBED_PAUSE_IMAGE"]
     node_services = [service for node in NODES for service in _node_services(node, bin_dir, sandbox)]
+    # NetworkPolicy enforcement for every pod (go/netpol: kube-network-policies' controller, fed by
+    # an NFQUEUE rule for new connections from and to the pod network).
+    netpol = Service(
+        "netpol",
+        [str(bin_dir / "netpol"), f"--kubeconfig={_kubeconfig('netpol')}", f"--pod-cidr={layout.CLUSTER_CIDR}",
+         f"--nfqueue-id={NETPOL_QUEUE}", f"--node={NODES[0].name}"],
+        ready=lambda: True,
+    )
     # kube-proxy last: it waits for its node to be registered before it reports healthy.
-    return [registry_service, mariadb, etcd, apiserver, controller_manager, scheduler, coredns, provisioner,
+    return [registry_service, mariadb, etcd, apiserver, controller_manager, scheduler, coredns, provisioner, netpol,
             *node_services, kube_proxy]

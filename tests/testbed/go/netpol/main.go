@@ -1,15 +1,23 @@
-// The NetworkPolicy enforcement of the testbed's nodes: kube-network-policies' controller
-// (sigs.k8s.io/kube-network-policies, pinned in go.mod), run as one host process per node. Upstream's
-// own main is a DaemonSet's (in-cluster credentials, one instance per host, one nftables table); the
-// testbed's nodes share one host, so each instance gets a kubeconfig and a table and nfqueue of its
-// own, and filters the traffic of its node's pods only.
+// NetworkPolicy enforcement for the testbed: kube-network-policies' controller
+// (sigs.k8s.io/kube-network-policies, pinned in go.mod) behind a main of ours, one process for the
+// host that both nodes share.
+//
+// Upstream's controller takes each new connection from an nfqueue and decides it by the policies of
+// its source and destination pods, whichever node they run on. Its own main is a DaemonSet's, and
+// it queues packets with nftables' `queue` expression, which this machine's kernel lacks
+// (CONFIG_NFT_QUEUE is not set: "Could not process rule: No such file or directory"); the xtables
+// NFQUEUE target is built in. So this main queues new connections to and from the pod network with
+// an iptables rule (removed on exit), and runs upstream's controller on a kubeconfig; upstream's own
+// nftables rules then fail to load and are retried in the background, which changes nothing.
 package main
 
 import (
 	"context"
 	"flag"
 	"os"
+	"os/exec"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	"k8s.io/client-go/informers"
@@ -19,11 +27,31 @@ import (
 	"sigs.k8s.io/kube-network-policies/pkg/networkpolicy"
 )
 
+const comment = "hpo-testbed: NetworkPolicy enforcement"
+
+// queueRules are the iptables rules (in mangle POSTROUTING: after DNAT, before masquerading) that
+// hand the first packet of every connection from or to a pod to the controller. Connections from
+// the host itself are not queued: traffic between a node and its pods (the kubelet's probes) is
+// always allowed, as NetworkPolicy specifies.
+func queueRules(podCIDR string, queue int) [][]string {
+	var rules [][]string
+	for _, direction := range []string{"-s", "-d"} {
+		rules = append(rules, []string{"POSTROUTING", direction, podCIDR, "-m", "addrtype", "!", "--src-type", "LOCAL",
+			"-m", "conntrack", "!", "--ctstate", "ESTABLISHED,RELATED", "-m", "comment", "--comment", comment,
+			"-j", "NFQUEUE", "--queue-num", strconv.Itoa(queue)})
+	}
+	return rules
+}
+
+func iptables(action string, rule []string) error {
+	return exec.Command("iptables", append([]string{"-t", "mangle", action}, rule...)...).Run()
+}
+
 func main() {
 	kubeconfig := flag.String("kubeconfig", "", "kubeconfig of the controller's identity")
-	node := flag.String("node", "", "the node whose pods this instance guards")
-	table := flag.String("nftables-table", "", "the nftables table of this instance")
-	queue := flag.Int("nfqueue-id", 100, "the nfqueue of this instance")
+	podCIDR := flag.String("pod-cidr", "", "the pods' addresses, on every node")
+	queue := flag.Int("nfqueue-id", 100, "the nfqueue the controller reads")
+	node := flag.String("node", "", "a node name (upstream's nftables rules, which fail here, use it)")
 	klog.InitFlags(nil)
 	flag.Parse()
 
@@ -42,16 +70,26 @@ func main() {
 	controller, err := networkpolicy.NewController(client,
 		factory.Networking().V1().NetworkPolicies(), factory.Core().V1().Namespaces(), factory.Core().V1().Pods(),
 		nil, nil, nil, nil,
-		networkpolicy.Config{NodeName: *node, NFTableName: *table, QueueID: *queue, NRIdisabled: true})
+		// NRI stays "enabled": upstream's pod lookup calls the NRI plugin object for an address it does
+		// not know (the host's) and would dereference nil without one. The nodes' containerds run no
+		// NRI, so the plugin finds no socket, says so once and answers nothing.
+		networkpolicy.Config{NodeName: *node, QueueID: *queue, NFTableName: "hpo-netpol"})
 	if err != nil {
 		klog.Fatalf("controller: %v", err)
 	}
-	go func() {
-		if err := controller.Run(ctx); err != nil {
-			klog.Errorf("controller: %v", err)
-			cancel()
+	rules := queueRules(*podCIDR, *queue)
+	for _, rule := range rules {
+		if err := iptables("-I", rule); err != nil {
+			klog.Fatalf("iptables -I %v: %v", rule, err)
+		}
+	}
+	defer func() {
+		for _, rule := range rules {
+			_ = iptables("-D", rule)
 		}
 	}()
 	factory.Start(ctx.Done())
-	<-ctx.Done()
+	if err := controller.Run(ctx); err != nil {
+		klog.Errorf("controller: %v", err)
+	}
 }
