@@ -56,3 +56,71 @@ def flaky(trial: optuna.Trial) -> float:
     if trial.number % 2:
         raise RuntimeError(f"trial {trial.number} fails on purpose")
     return (x - 2) ** 2
+
+
+def find_secret(trial: optuna.Trial) -> float:
+    """How many places in this pod hold the secret whose SHA-256 is HPO_TEST_SECRET_SHA256.
+
+    The secret is 32 hexadecimal characters (the testbed's MySQL admin password); the pod is not
+    given it, only its hash. Looked at: the environment, every readable file under 1 MiB (but the
+    image's own programs in /usr and /opt/venv, built before the password existed, and /proc, /sys,
+    /dev) and, with a ServiceAccount token, every Secret the pod's account may read through the API.
+    """
+    import hashlib
+    import re
+    import ssl
+    import urllib.request
+
+    trial.suggest_float("x", 0, 1)
+    wanted = os.environ["HPO_TEST_SECRET_SHA256"]
+    tokens = re.compile(rb"[0-9a-f]{32}")
+
+    def holds(data: bytes) -> bool:
+        return any(hashlib.sha256(token).hexdigest() == wanted for token in tokens.findall(data))
+
+    found = int(holds("\n".join(f"{k}={v}" for k, v in os.environ.items()).encode()))
+    for root, folders, files in os.walk("/"):
+        if root == "/":
+            folders[:] = [f for f in folders if f not in ("proc", "sys", "dev", "usr")]
+        if root == "/opt":
+            folders[:] = [f for f in folders if f != "venv"]
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                if os.path.isfile(path) and os.path.getsize(path) < 2**20:
+                    with open(path, "rb") as file:
+                        found += holds(file.read())
+            except OSError:
+                continue
+    account = "/var/run/secrets/kubernetes.io/serviceaccount"
+    if os.path.exists(f"{account}/token"):
+        with open(f"{account}/token") as token, open(f"{account}/namespace") as namespace:
+            request = urllib.request.Request(
+                f"https://kubernetes.default.svc/api/v1/namespaces/{namespace.read()}/secrets",
+                headers={"Authorization": f"Bearer {token.read()}"})
+        try:
+            with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=f"{account}/ca.crt")) as r:
+                found += holds(r.read())
+        except OSError:
+            pass  # forbidden: nothing readable
+    return float(found)
+
+
+def over_memory(trial: optuna.Trial) -> float:
+    """Allocates 1 GiB and touches it: over the pod's memory limit, the kernel kills it (OOMKilled)."""
+    trial.suggest_float("x", 0, 1)
+    block = bytearray(2**30)
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    return 0.0
+
+
+def prunable(trial: optuna.Trial) -> float:
+    """(x - 2)^2 reported at each of 4 steps, asking the study's pruner after each one."""
+    x = trial.suggest_float("x", -5, 5)
+    value = (x - 2) ** 2
+    for step in range(4):
+        trial.report(value + 4 - step, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step}")
+    return value

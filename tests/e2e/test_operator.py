@@ -121,26 +121,36 @@ def test_suspend_stops_trials_and_resume_finishes_without_losing_or_duplicating(
     assert len(study.trials) == 4 and counts(study)["complete"] == 4
 
 
-def test_deleting_a_running_trial_pod_resumes_it_from_its_checkpoint(
+def test_a_trial_whose_pod_is_deleted_resumes_from_its_checkpoint_on_the_other_node(
     studies: Studies, objectives: dict[str, Any], kube: client.ApiClient, testbed_env: dict[str, str]
 ) -> None:
+    """The checkpoint claim is ReadWriteMany: the requeued attempt finds the checkpoint wherever it lands
+    (the first attempt's node is cordoned, so it lands on the other)."""
     size = client.V1VolumeResourceRequirements(requests={"storage": "1Gi"})
     claim = client.V1PersistentVolumeClaim(metadata=client.V1ObjectMeta(name="ckpt"),
-                                           spec=client.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteOnce"],
+                                           spec=client.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteMany"],
                                                                                    resources=size))
     core = client.CoreV1Api(kube)
     core.create_namespaced_persistent_volume_claim(studies.namespace, claim)
-    with PodLogs(kube, studies.namespace, "hpo.dev/trial=0") as logs:
-        studies.create("resume", spec(objectives, trials=1, parallelism=1,
-                                      objective="objectives:slow_with_checkpoints", checkpoints={"claimName": "ckpt"}))
+    cordoned = None
+    try:
+        with PodLogs(kube, studies.namespace, "hpo.dev/trial=0") as logs:
+            studies.create("resume", spec(objectives, trials=1, parallelism=1,
+                                          objective="objectives:slow_with_checkpoints",
+                                          checkpoints={"claimName": "ckpt"}))
 
-        def first_pod_checkpointed() -> str | None:
-            return next((pod for pod, text in logs.all().items() if "checkpoint saved at step 3" in text), None)
+            def first_pod_checkpointed() -> str | None:
+                return next((pod for pod, text in logs.all().items() if "checkpoint saved at step 3" in text), None)
 
-        victim = wait_for(first_pod_checkpointed, 120, "the trial to save its step-3 checkpoint")
-        core.delete_namespaced_pod(victim, studies.namespace)
-        done = studies.wait_phase("resume", "Succeeded", 180)
-        attempts = sorted(logs.all().items())
+            victim = wait_for(first_pod_checkpointed, 120, "the trial to save its step-3 checkpoint")
+            cordoned = core.read_namespaced_pod(victim, studies.namespace).spec.node_name
+            core.patch_node(cordoned, {"spec": {"unschedulable": True}})
+            core.delete_namespaced_pod(victim, studies.namespace)
+            done = studies.wait_phase("resume", "Succeeded", 180)
+            attempts = sorted(logs.all().items())
+    finally:
+        if cordoned:
+            core.patch_node(cordoned, {"spec": {"unschedulable": False}})
     assert done["status"]["trials"] == {"running": 0, "complete": 1, "pruned": 0, "failed": 0}
     assert [pod.split("-")[2] for pod, _ in attempts] == ["0", "1"], "one requeued attempt, no more"
     resumed = attempts[1][1]
