@@ -218,7 +218,7 @@ def test_crashes_are_retried_then_failed_and_too_many_failures_fail_the_study(
     assert "more than spec.budget.maxFailedTrials" in failed["status"]["message"]
     trial = studies.optuna_study("crashy").trials[0]
     assert trial.state is optuna.trial.TrialState.FAIL
-    assert "exit code 5" in trial.user_attrs["failure_reason"]
+    assert "exit code 5" in trial.system_attrs["fail_reason"]
     assert trial.system_attrs["hpo:outcomes"] == ["crashed", "crashed"], "one retry, then FAIL"
     assert len(studies.optuna_study("crashy").trials) == 1, "no new trial after the study failed"
     assert any(e.reason == "TrialRetried" for e in studies.events("crashy"))
@@ -233,7 +233,7 @@ def test_a_trial_pod_that_cannot_be_scheduled_fails_with_the_reason(
                                   budget={"trials": 1, "parallelism": 1, "startTimeoutSeconds": 10}))
     done = studies.wait_phase("greedy", "Succeeded", 90)
     assert done["status"]["trials"]["failed"] == 1
-    reason = studies.optuna_study("greedy").trials[0].user_attrs["failure_reason"]
+    reason = studies.optuna_study("greedy").trials[0].system_attrs["fail_reason"]
     assert "did not start within 10s" in reason and "nvidia.com/gpu" in reason
 
 
@@ -263,4 +263,4 @@ def test_a_deadline_with_policy_kill_stops_running_trials_and_leaves_none_runnin
     assert finished["reason"] == "DeadlineReached"
     study = studies.optuna_study("late")
     assert counts(study)["running"] == 0 and len(study.trials) == 2, "no new trial after the deadline"
-    assert all("stopped: the study ended" in t.user_attrs["failure_reason"] for t in study.trials)
+    assert all("stopped: the study ended" in t.system_attrs["fail_reason"] for t in study.trials)

@@ -14,11 +14,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from hpo_operator.contract import (
+    ASSIGNMENT_ENV,
+    PROTOCOL,
+    QUICK_SCAN_ENV,
+    STORAGE_URL_ENV,
+    TRIAL_COMMAND,
+    TRIAL_CONTAINER,
+)
 from hpo_operator.database import TLS_CA_DIR, TLS_CA_KEY
 from hpo_operator.models import ATTEMPT_LABEL, STUDY_LABEL, TRIAL_LABEL, HpoStudySpec
 
-PROTOCOL = 1  # the assignment format hpo-trial understands (see hpo_trial.assignment)
-TRIAL_CONTAINER = "trial"
 CHECKPOINT_VOLUME = "hpo-checkpoints"
 STORAGE_TLS_VOLUME = "hpo-storage-tls"
 HEARTBEAT_SECONDS = 10
@@ -57,12 +63,19 @@ def labels(study: str, number: int, attempt: int) -> dict[str, str]:
 
 
 def assignment(spec: HpoStudySpec, ref: TrialRef, number: int, trial_id: int,
-               sampler: dict[str, Any], pruner: dict[str, Any] | None) -> dict[str, Any]:
-    """What the trial pod's runtime needs to attach to its RUNNING trial (HPO_ASSIGNMENT)."""
+               sampler: dict[str, Any], pruner: dict[str, Any] | None, attempt: int = 0) -> dict[str, Any]:
+    """What the trial pod's runtime needs to attach to its RUNNING trial (HPO_ASSIGNMENT).
+
+    ``attempt`` is the fence: the runtime tells the outcome only while the trial's `ATTEMPT_ATTR`
+    still names this attempt. ``deadline_seconds`` (the Job's activeDeadlineSeconds) bounds how long
+    the runtime keeps retrying its final write through a database outage.
+    """
     return {
         "protocol": PROTOCOL,
         "study": ref.optuna_study,
         "trial": {"number": number, "id": trial_id},
+        "attempt": attempt,
+        "deadline_seconds": spec.budget.trial_timeout_seconds,
         "sampler": sampler,
         "pruner": pruner,
         "checkpoint_root": spec.checkpoints.mount_path if spec.checkpoints.claim_name else None,
@@ -108,13 +121,13 @@ def build_job(spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, tria
     _quantities_as_strings(pod_spec)
     container = _trial_container(pod_spec)
     container.setdefault("image", default_image)
-    container.setdefault("command", ["hpo-trial"])
+    container.setdefault("command", list(TRIAL_COMMAND))
     ours: list[dict[str, Any]] = [
-        {"name": "HPO_ASSIGNMENT", "value": json.dumps(trial_assignment, separators=(",", ":"))},
-        {"name": "HPO_STORAGE_URL", "valueFrom": {"secretKeyRef": {"name": ref.storage_secret, "key": "url"}}},
+        {"name": ASSIGNMENT_ENV, "value": json.dumps(trial_assignment, separators=(",", ":"))},
+        {"name": STORAGE_URL_ENV, "valueFrom": {"secretKeyRef": {"name": ref.storage_secret, "key": "url"}}},
     ]
     if spec.trial.quick_scan:
-        ours.append({"name": "HPO_QUICK_SCAN", "value": "1"})
+        ours.append({"name": QUICK_SCAN_ENV, "value": "1"})
     names = {e["name"] for e in ours}
     container["env"] = [e for e in container.get("env", []) if e.get("name") not in names] + ours
 

@@ -13,6 +13,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from hpo_operator.contract import TRIAL_CONTAINER
 from hpo_operator.models import ATTEMPT_LABEL, TRIAL_LABEL
 
 INTERRUPTED_EXIT_CODES = (143, 137)  # the runtime exits 143 on SIGTERM; 137 is SIGKILL after the grace period
@@ -66,7 +67,7 @@ def summarise(pod: dict[str, Any]) -> PodSummary:
     metadata, status = pod.get("metadata", {}), pod.get("status", {})
     labels = metadata.get("labels", {})
     statuses = status.get("containerStatuses") or []
-    trial = next((s for s in statuses if s.get("name") == "trial"), statuses[0] if statuses else {})
+    trial = next((s for s in statuses if s.get("name") == TRIAL_CONTAINER), statuses[0] if statuses else {})
     state = trial.get("state", {})
     terminated = state.get("terminated") or trial.get("lastState", {}).get("terminated") or {}
     waiting = state.get("waiting") or {}

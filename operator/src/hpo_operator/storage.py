@@ -22,9 +22,9 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from hpo_operator import metrics, search
+from hpo_operator.contract import CHECKPOINT_ATTR, FAIL_REASON_ATTR
 from hpo_operator.models import HpoStudySpec
 
-CHECKPOINT_ATTR = "checkpoint"  # {"path": ..., "step": ...}, set by hpo-trial at every save
 OUTCOMES_ATTR = "hpo:outcomes"  # per trial: the verdict of each attempt, so retries survive restarts
 
 
@@ -198,8 +198,8 @@ class StudyStore:
     def fail(self, number: int, reason: str) -> None:
         """Mark a trial FAIL with its reason, unless its pod already told a result."""
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
-        self.storage.set_trial_user_attr(trial_id, "failure_reason", reason[:1000])
         with contextlib.suppress(RuntimeError):  # already finished: the pod's own result stands
+            self.storage.set_trial_system_attr(trial_id, FAIL_REASON_ATTR, reason[:1000])
             self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 

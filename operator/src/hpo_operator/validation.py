@@ -14,6 +14,7 @@ import optuna
 import pydantic
 
 from hpo_operator import search
+from hpo_operator.contract import TRIAL_CONTAINER
 from hpo_operator.models import HpoStudySpec, Parameter, ParameterType, SamplerName
 
 
@@ -155,7 +156,7 @@ def _warm_start(spec: HpoStudySpec) -> list[Problem]:
 
 def _template(spec: HpoStudySpec) -> list[Problem]:
     containers = spec.trial.template.get("spec", {}).get("containers", [])
-    if len(containers) > 1 and not any(c.get("name") == "trial" for c in containers):
+    if len(containers) > 1 and not any(c.get("name") == TRIAL_CONTAINER for c in containers):
         return [Problem("spec.trial.template.spec.containers",
                         "with several containers, name the one that runs the trial 'trial'")]
     return []

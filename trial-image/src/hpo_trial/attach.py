@@ -22,6 +22,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo_trial.assignment import ComponentSpec, TrialRef
+from hpo_trial.contract import FAIL_REASON_ATTR
 from hpo_trial.errors import ConfigurationError, StorageUnavailableError
 
 __all__ = [
@@ -39,9 +40,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-FAIL_REASON_ATTR = "fail_reason"
-"""The trial system attribute Optuna itself uses for why a trial failed (shown by optuna-dashboard)."""
 
 POOL_RECYCLE_SECONDS = 280
 """Below any sane server ``wait_timeout``, so pooled connections are renewed before the server drops them."""

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpo_trial import contract
 from hpo_trial.errors import ConfigurationError, HpoTrialError, ObjectiveError, StorageUnavailableError
 from hpo_trial.logs import redact
 
@@ -38,11 +39,12 @@ _MAX_REASON_CHARS = 500
 class ExitCode(enum.IntEnum):
     """The trial pod's exit codes: zero means the trial has its final state."""
 
-    FINISHED = 0
-    OBJECTIVE_FAILED = 1
-    CONFIGURATION = 2
-    STORAGE_UNAVAILABLE = 3
-    INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
+    FINISHED = contract.EXIT_FINISHED
+    OBJECTIVE_FAILED = contract.EXIT_OBJECTIVE_FAILED
+    CONFIGURATION = contract.EXIT_CONFIGURATION
+    STORAGE_UNAVAILABLE = contract.EXIT_STORAGE_UNAVAILABLE
+    SUPERSEDED = contract.EXIT_SUPERSEDED
+    INTERRUPTED = contract.EXIT_INTERRUPTED
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo_trial import attach
 from hpo_trial.assignment import Assignment, identify_trial, parse_assignment
-from hpo_trial.checkpoint import CHECKPOINT_ROOT_ENV, checkpoint_directory, latest_step
+from hpo_trial.checkpoint import checkpoint_directory, latest_step
+from hpo_trial.contract import CHECKPOINT_ROOT_ENV, FAIL_REASON_ATTR, QUICK_SCAN_ENV
 from hpo_trial.errors import ConfigurationError, HpoTrialError, ObjectiveError
 from hpo_trial.heartbeat import Heartbeat
 from hpo_trial.interrupt import Interrupted, SignalGuard
@@ -31,8 +32,6 @@ from hpo_trial.outcome import ExitCode, Outcome, describe_exception, values_from
 __all__ = ["QUICK_SCAN_ENV", "Settings", "run"]
 
 _logger = logging.getLogger(__name__)
-
-QUICK_SCAN_ENV = "HPO_QUICK_SCAN"
 
 
 @dataclass(frozen=True)
@@ -165,7 +164,7 @@ def _run_assigned(storage: RDBStorage, assignment: Assignment, settings: Setting
 
 def _already_finished(trial: FrozenTrial, consequence: str) -> Outcome:
     """The outcome of a trial someone else (the operator, an earlier pod) finished first."""
-    stored_reason = trial.system_attrs.get(attach.FAIL_REASON_ATTR, "no reason recorded")
+    stored_reason = trial.system_attrs.get(FAIL_REASON_ATTR, "no reason recorded")
     note = f"(trial {trial.number} was already {trial.state.name}; {consequence})"
     if trial.state == TrialState.FAIL:
         return Outcome.failed(f"trial {trial.number} was already FAIL ({consequence}): {stored_reason}")
@@ -179,7 +178,7 @@ def _stored_outcome(trial: FrozenTrial, reason: str | None, note: str = "") -> O
     if trial.state == TrialState.PRUNED:
         return Outcome.pruned(trial.last_step, note)
     if trial.state == TrialState.FAIL:
-        return Outcome.failed(reason or trial.system_attrs.get(attach.FAIL_REASON_ATTR, "the trial failed"))
+        return Outcome.failed(reason or trial.system_attrs.get(FAIL_REASON_ATTR, "the trial failed"))
     return Outcome.failed(
         f"trial {trial.number} is still {trial.state.name} after telling its outcome", ExitCode.STORAGE_UNAVAILABLE
     )
