@@ -90,6 +90,7 @@ def _trial_container(pod_spec: dict[str, Any]) -> dict[str, Any]:
     if named:
         return named[0]
     if len(containers) == 1:
+        containers[0].setdefault("name", TRIAL_CONTAINER)
         return containers[0]
     containers.append({"name": TRIAL_CONTAINER})
     return containers[-1]
@@ -104,10 +105,19 @@ def _quantities_as_strings(pod_spec: dict[str, Any]) -> None:
                 amounts[name] = str(amount)
 
 
+def _without_nulls(node: Any) -> Any:
+    """The template without null fields: the API reads a null as unset, and the builder then need not."""
+    if isinstance(node, dict):
+        return {key: _without_nulls(value) for key, value in node.items() if value is not None}
+    if isinstance(node, list):
+        return [_without_nulls(item) for item in node]
+    return node
+
+
 def build_job(spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, trial_assignment: dict[str, Any],
               default_image: str) -> dict[str, Any]:
     """The batch/v1 Job for one attempt of one trial (owner reference added by the caller)."""
-    template = copy.deepcopy(spec.trial.template)
+    template = _without_nulls(copy.deepcopy(spec.trial.template))
     metadata = template.setdefault("metadata", {})
     trial_labels = labels(ref.study, number, attempt)
     metadata["labels"] = {**metadata.get("labels", {}), **trial_labels}
