@@ -100,3 +100,12 @@ def exit_early(trial: optuna.Trial) -> float:
 def return_nan(trial: optuna.Trial) -> float:
     """Diverge."""
     return float("nan")
+
+
+def return_when_released(trial: optuna.Trial) -> float:
+    """Wait until the file ``TEST_RELEASE`` exists, then return 0.25 without touching the database."""
+    print("waiting for release")
+    release = Path(os.environ["TEST_RELEASE"])
+    while not release.exists():
+        time.sleep(0.05)
+    return 0.25

@@ -22,7 +22,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from hpo_operator import metrics, search
-from hpo_operator.contract import CHECKPOINT_ATTR, FAIL_REASON_ATTR
+from hpo_operator.contract import ATTEMPT_ATTR, CHECKPOINT_ATTR, FAIL_REASON_ATTR
 from hpo_operator.models import HpoStudySpec
 
 OUTCOMES_ATTR = "hpo:outcomes"  # per trial: the verdict of each attempt, so retries survive restarts
@@ -60,6 +60,25 @@ class FinishedTrial:
     number: int
     values: tuple[float, ...]
     params: dict[str, Any] = field(default_factory=dict)
+
+
+def advance_attempt(storage: RDBStorage, trial_id: int, attempt: int) -> None:
+    """Name ``attempt`` as the one that may report the trial (`ATTEMPT_ATTR`): the fence of earlier attempts.
+
+    A pod tells its outcome holding this row locked (`hpo_trial.attach.fence`) and only if it still
+    names its own attempt, so this write waits for a tell in progress and, once done, refuses every
+    later one of an earlier attempt. It is a plain UPDATE of the row: Optuna's upsert would also
+    share-lock the trial's row (a foreign-key check), which the pod's tell needs while it holds this
+    one. The first write of a trial (its attempt 0, before any pod exists) inserts the row.
+    """
+    value = json.dumps(attempt)
+    with storage.engine.begin() as connection:
+        updated = connection.execute(
+            sqlalchemy.text("UPDATE trial_system_attributes SET value_json = :value "
+                            "WHERE trial_id = :trial_id AND `key` = :key"),
+            {"value": value, "trial_id": trial_id, "key": ATTEMPT_ATTR}).rowcount
+    if not updated:
+        storage.set_trial_system_attr(trial_id, ATTEMPT_ATTR, attempt)
 
 
 def open_storage(url: str, connect_args: dict[str, Any]) -> RDBStorage:

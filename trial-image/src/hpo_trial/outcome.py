@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpo_trial import contract
-from hpo_trial.errors import ConfigurationError, HpoTrialError, ObjectiveError, StorageUnavailableError
+from hpo_trial.errors import (
+    ConfigurationError,
+    HpoTrialError,
+    ObjectiveError,
+    StorageUnavailableError,
+    SupersededError,
+)
 from hpo_trial.logs import redact
 
 __all__ = [
@@ -52,7 +58,7 @@ class Outcome:
     """How the trial ended, as the operator will read it.
 
     Attributes:
-        word: The first word of the termination message: COMPLETE, PRUNED, FAIL or INTERRUPTED.
+        word: The first word of the termination message: COMPLETE, PRUNED, FAIL, SUPERSEDED or INTERRUPTED.
         detail: The rest of the one-line message.
         exit_code: The process exit code.
     """
@@ -86,6 +92,8 @@ class Outcome:
     @classmethod
     def from_error(cls, error: HpoTrialError) -> Outcome:
         """The failure that one of the runtime's errors stands for."""
+        if isinstance(error, SupersededError):
+            return cls("SUPERSEDED", _clip(str(error)), ExitCode.SUPERSEDED)
         if isinstance(error, ConfigurationError):
             code = ExitCode.CONFIGURATION
         elif isinstance(error, StorageUnavailableError):
