@@ -170,3 +170,39 @@ def free_slots(parallelism: int, occupied: int, created: int, total: int) -> int
     """How many new trials may start: never more than M unfinished, never more than N in all."""
     return max(0, min(parallelism - occupied, total - created))
 
+
+@dataclass(frozen=True)
+class Parallelism:
+    """The parallelism in force, and why it is below the spec's (empty when the operator did not cap it)."""
+
+    value: int
+    capped: str = ""
+
+
+def parallelism(requested: int, trials: int, operator_max: int) -> Parallelism:
+    """``spec.budget.parallelism`` capped at the budget's trials and the operator's `HPO_MAX_PARALLELISM`."""
+    value = min(requested, trials, operator_max)
+    if value < min(requested, trials):
+        return Parallelism(value, f"parallelism capped at {operator_max} by the operator's HPO_MAX_PARALLELISM "
+                                  f"(spec.budget.parallelism is {requested})")
+    return Parallelism(value)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many trials to start now; ``paced`` when pods that have not started held some back."""
+
+    count: int
+    paced: bool = False
+
+
+def plan(parallelism: int, occupied: int, created: int, total: int, waiting: int, max_waiting: int) -> Plan:
+    """Start what the free slots allow, but never let more than ``max_waiting`` of the study's pods wait to start.
+
+    Waiting pods (unschedulable, pulling, queued) say the cluster cannot run more now: creating more
+    Jobs would only pile up pods, as fast as the API server accepts them.
+    """
+    slots = free_slots(parallelism, occupied, created, total)
+    count = max(0, min(slots, max_waiting - waiting))
+    return Plan(count, paced=count < slots)
+
