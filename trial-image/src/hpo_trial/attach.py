@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import optuna
+import optuna.storages._cached_storage
 import optuna.storages._rdb.models
 import optuna.storages._rdb.storage
 import pymysql
@@ -222,6 +223,27 @@ def load_study(
         raise
 
 
+def _prime_trial_cache(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Put the pod's trial into Optuna's in-process trial cache, as asking for it would have.
+
+    Optuna 5's ``_CachedStorage`` learns a trial when the process asks for it or reads the study's
+    trials. A pod does neither (it attaches to its trial by id), so with a sampler that reads no
+    history (random, QMC, CMA-ES's independent sampler) the objective's first suggestion of a
+    parameter the operator did not declare raised ``KeyError`` in ``set_trial_param``. This adds the
+    one trial the way ``create_new_trial`` does (an unfinished trial is still read from the database
+    each time), without reading the study's other trials (``tests/trial_runtime/test_seeds.py``).
+    """
+    storage = study._storage
+    studies = getattr(storage, "_studies", None)
+    add = getattr(storage, "_add_trials_to_cache", None)
+    if not isinstance(studies, dict) or add is None:
+        return  # another storage, or an Optuna that no longer needs it
+    with storage._lock:  # type: ignore[attr-defined]
+        studies.setdefault(study._study_id, optuna.storages._cached_storage._StudyInfo())
+        if trial.number not in studies[study._study_id].trials:
+            add(study._study_id, [trial])
+
+
 def attach_trial(storage: RDBStorage, study: optuna.Study, ref: TrialRef) -> FrozenTrial:
     """Check that the assigned trial is the study's trial of that number, and read it.
 
@@ -237,7 +259,9 @@ def attach_trial(storage: RDBStorage, study: optuna.Study, ref: TrialRef) -> Fro
                 f"the assignment names trial number {ref.number} with id {ref.id}, but in study {ref.study!r} "
                 f"trial {ref.number} has id {trial_id}"
             )
-        return storage.get_trial(trial_id)
+        stored = storage.get_trial(trial_id)
+        _prime_trial_cache(study, stored)
+        return stored
     except KeyError:
         raise ConfigurationError(f"study {ref.study!r} has no trial number {ref.number}") from None
     except ConfigurationError:
