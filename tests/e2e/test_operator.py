@@ -40,7 +40,8 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return {"complete": states.count(optuna.trial.TrialState.COMPLETE),
             "pruned": states.count(optuna.trial.TrialState.PRUNED),
             "failed": states.count(optuna.trial.TrialState.FAIL),
-            "running": states.count(optuna.trial.TrialState.RUNNING)}
+            "running": states.count(optuna.trial.TrialState.RUNNING),
+            "waiting": 0}  # status.trials.waiting: RUNNING trials whose pod has not started (none at the end)
 
 
 def test_a_study_completes_within_parallelism_and_its_status_matches_optuna(
@@ -143,7 +144,7 @@ def test_deleting_a_running_trial_pod_resumes_it_from_its_checkpoint(
     victim = wait_for(first_pod_checkpointed, 120, "the trial to save its step-3 checkpoint")
     core.delete_namespaced_pod(victim, studies.namespace)
     done = studies.wait_phase("resume", "Succeeded", 180)
-    assert done["status"]["trials"] == {"running": 0, "complete": 1, "pruned": 0, "failed": 0}
+    assert done["status"]["trials"] == {"running": 0, "waiting": 0, "complete": 1, "pruned": 0, "failed": 0}
     attempts = sorted(log_dir.glob(f"{studies.namespace}_resume-0-*.log"))
     assert [p.name.split("-")[3] for p in attempts] == ["0", "1"], "one requeued attempt, no more"
     resumed = attempts[1].read_text()
@@ -231,8 +232,9 @@ def test_a_trial_pod_that_cannot_be_scheduled_fails_with_the_reason(
     template["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 99}}
     studies.create("greedy", spec(template, trials=1, parallelism=1,
                                   budget={"trials": 1, "parallelism": 1, "startTimeoutSeconds": 10}))
-    done = studies.wait_phase("greedy", "Succeeded", 90)
+    done = studies.wait_phase("greedy", "Failed", 90)  # its only trial failed: no trial completed
     assert done["status"]["trials"]["failed"] == 1
+    assert {c["type"]: c for c in done["status"]["conditions"]}["Finished"]["reason"] == "NoTrialCompleted"
     reason = studies.optuna_study("greedy").trials[0].system_attrs["fail_reason"]
     assert "did not start within 10s" in reason and "nvidia.com/gpu" in reason
 
@@ -258,9 +260,10 @@ def test_a_deadline_with_policy_kill_stops_running_trials_and_leaves_none_runnin
     template["spec"]["containers"][0]["env"].append({"name": "HPO_TEST_SLEEP", "value": "30"})
     studies.create("late", spec(template, trials=4, parallelism=2, endPolicy="Kill",
                                 budget={"trials": 4, "parallelism": 2, "deadlineSeconds": 5}))
-    done = studies.wait_phase("late", "Succeeded", 120)
+    done = studies.wait_phase("late", "Failed", 120)  # both trials were stopped: none completed
     finished = {c["type"]: c for c in done["status"]["conditions"]}["Finished"]
-    assert finished["reason"] == "DeadlineReached"
+    assert finished["reason"] == "NoTrialCompleted"
+    assert done["status"]["message"].startswith("spec.budget.deadlineSeconds reached, but no trial completed")
     study = studies.optuna_study("late")
     assert counts(study)["running"] == 0 and len(study.trials) == 2, "no new trial after the deadline"
     assert all("stopped: the study ended" in t.system_attrs["fail_reason"] for t in study.trials)
