@@ -366,3 +366,27 @@ def test_the_dry_run_refusal_of_the_first_trial_job_fails_the_study_naming_the_f
 
 def test_reconcile_declares_every_database_error_it_treats_as_an_outage() -> None:
     assert optuna.exceptions.StorageInternalError in reconcile.DATABASE_ERRORS
+
+
+def test_a_trial_job_the_api_server_refuses_is_reported_and_tried_again(
+    harness: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubernetes.client import ApiException
+
+    h = harness({"searchSpace": SPACE, "budget": {"trials": 2, "parallelism": 2}})
+    refusal = ApiException(status=403, reason="Forbidden")
+    refusal.body = json.dumps({"message": 'jobs "study-0-0" is forbidden: exceeded quota: compute, requested: cpu=1'})
+
+    def refuse(manifest: dict[str, Any], owner: dict[str, Any]) -> None:
+        raise refusal
+
+    monkeypatch.setattr(kube, "create_owned", refuse)
+    status = h.run()
+    progressing = condition(status, "Progressing")
+    assert progressing["reason"] == "JobRefused" and "exceeded quota: compute" in progressing["message"]
+    assert len(h.study().trials) == 1, "one trial asked, then dispatch stopped"
+    h.run()
+    assert h.reasons().count("JobRefused") == 1 and len(h.study().trials) == 1
+    monkeypatch.setattr(kube, "create_owned", h.cluster._create)
+    status = h.run()
+    assert condition(status, "Progressing")["reason"] == "Dispatching" and len(h.cluster.jobs) == 2

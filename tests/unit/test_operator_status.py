@@ -81,7 +81,8 @@ PHASES: list[tuple[str, st.Progress, Phase, str, dict[str, tuple[bool, str]]]] =
     ("none waiting", replace(BASE, counts=Counts(running=3), busy=True), Phase.RUNNING, "",
      {"TrialsWaiting": (False, "AllStarted")}),
     ("the sampler fails", replace(BASE, counts=Counts(running=0, complete=1), total=5,
-                                  sampler_error="the sampler raised ValueError: boom"), Phase.RUNNING,
+                                  blocked=(st.REASON_SAMPLER_ERROR, "the sampler raised ValueError: boom")),
+     Phase.RUNNING,
      "the sampler raised ValueError: boom", {"Progressing": (True, "SamplerError")}),
 ]
 
@@ -184,6 +185,10 @@ TRANSITIONS: list[tuple[str, dict[str, Any] | None, dict[str, Any], list[st.Note
      [st.Note("DatabaseReady", READY[2])]),
     ("the sampler fails", RUNNING, status("Running", Progressing=("True", "SamplerError", "boom")),
      [st.Note("SamplerError", "boom", warning=True)]),
+    ("the API server refuses the Job", RUNNING, status("Running", Progressing=("True", "JobRefused", "quota")),
+     [st.Note("JobRefused", "quota", warning=True)]),
+    ("still refused: nothing", status("Running", Progressing=("True", "JobRefused", "quota")),
+     status("Running", Progressing=("True", "JobRefused", "quota")), []),
 ]
 
 

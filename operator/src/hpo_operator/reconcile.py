@@ -17,12 +17,14 @@ say through `kube`, `storage` and `provisioning`.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 import sqlalchemy.exc
+from kubernetes.client import ApiException
 
 from hpo_operator import dispatch, events, kube, metrics, outcomes, provisioning, search, validation
 from hpo_operator import status as st
@@ -47,6 +49,10 @@ WAITING_ORDER = [outcomes.Waiting.QUEUED, outcomes.Waiting.UNSCHEDULABLE, outcom
 
 class StudyProblem(Exception):
     """A pass could not finish (database unreachable, ...); its status says so and the pass is retried."""
+
+
+class JobRefused(Exception):
+    """The API server refused a trial Job (a quota, an admission webhook, an invalid template)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ class StudyLoop:
     previous_running: set[int] = field(default_factory=set)
     events: events.Recorder | None = None
     dry_run_unavailable: bool = False
+    refused: str = ""  # why the API server refused this pass's last trial Job
 
     @property
     def secret_name(self) -> str:
@@ -181,13 +188,18 @@ class StudyLoop:
         """What only the API server knows: do the Secrets and claims the spec names exist, would it take the Job."""
         missing = []
         for reference in validation.references(spec):
-            if reference.kind == "Secret":
-                keys = kube.secret_keys(self.namespace, reference.name)
-                problem = validation.missing_reference(reference, self.namespace, keys is not None,
-                                                       keys or frozenset())
-            else:
-                problem = validation.missing_reference(reference, self.namespace,
-                                                       kube.claim_exists(self.namespace, reference.name))
+            try:
+                if reference.kind == "Secret":
+                    keys = kube.secret_keys(self.namespace, reference.name)
+                    problem = validation.missing_reference(reference, self.namespace, keys is not None,
+                                                           keys or frozenset())
+                else:
+                    problem = validation.missing_reference(reference, self.namespace,
+                                                           kube.claim_exists(self.namespace, reference.name))
+            except Exception as error:  # no permission (an older chart's RBAC), the API away: not checked
+                self.logger.warning(f"cannot check {reference.field} ({reference.kind} {reference.name}): "
+                                    f"{type(error).__name__}: {redact(str(error))[:300]}")
+                continue
             if problem is not None:
                 missing.append(problem)
         if missing:
@@ -233,6 +245,7 @@ class StudyLoop:
             end_reason=end.message if end else "")
 
         latest = _latest_attempts(jobs, pods)
+        self.refused = ""
         decisions: dict[int, Decision] = {}
         for trial in store.running():
             job, pod = latest.get(trial.number, (None, None))
@@ -247,12 +260,15 @@ class StudyLoop:
         live = {n for n, (_, pod) in latest.items() if pod is not None and outcomes.holds_slot(pod, now)}
         occupied = len(set(decisions) | live)
         plan = dispatch.Plan(0)
-        sampler_error = ""
-        if not (rules.stopping or rules.ended):
+        blocked: tuple[str, str] | None = None
+        if not (rules.stopping or rules.ended) and not self.refused:
             plan = dispatch.plan(parallelism.value, occupied, counts.created, spec.budget.trials,
                                  len(waiting), self.settings.max_waiting_trials)
             started, sampler_error = self.dispatch(body, spec, store, plan.count, counts.created + counts.queued)
             waiting |= set(started)
+            blocked = (st.REASON_SAMPLER_ERROR, sampler_error) if sampler_error else None
+        if self.refused:
+            blocked = (st.REASON_JOB_REFUSED, self.refused)
         self.clean_up(jobs, set(decisions), live)  # after dispatch: a freed slot waits for nothing
 
         counts = store.counts()
@@ -263,7 +279,7 @@ class StudyLoop:
             total=spec.budget.trials, counts=counts, busy=bool(numbers or live), waiting=len(waiting),
             suspend=spec.suspend, end=end, parallelism_capped=parallelism.capped, paced=plan.paced,
             waiting_reason=waiting_reason.waiting if waiting_reason else None,
-            waiting_message=waiting_reason.reason if waiting_reason else "", sampler_error=sampler_error,
+            waiting_message=waiting_reason.reason if waiting_reason else "", blocked=blocked,
             database_message=f"Optuna study {self.name} in database "
                              f"{self.provisioned.database if self.provisioned else '?'}"))
         attempts = {n: d.attempt for n, d in decisions.items()}
@@ -323,7 +339,13 @@ class StudyLoop:
                                          search.pruner_config(spec), attempt=attempt)
         job = dispatch.build_job(spec, ref, number, attempt, assignment, self.settings.trial_image)
         job["metadata"]["annotations"] = {DISPATCHED_AT_ANNOTATION: st.now_precise()}
-        kube.create_owned(job, owner=body)
+        try:
+            kube.create_owned(job, owner=body)
+        except ApiException as error:
+            self.refused = (f"the API server refused trial {number}'s Job {job['metadata']['name']}: "
+                            f"{_api_message(error)}; retrying at the next pass")
+            self.logger.warning(self.refused)
+            return False
         self.logger.info(f"trial {number} attempt {attempt}: created Job {job['metadata']['name']}")
         return True
 
@@ -343,7 +365,8 @@ class StudyLoop:
                     failed = store.fail_asked_from(next_number + len(started), reason)
                     self.logger.warning(f"{reason} (failed the half-made trial(s) {failed})")
                     return started, f"{reason}; retrying at the next pass"
-                self.start_attempt(body, spec, store, trial.number, trial._trial_id, 0)
+                if not self.start_attempt(body, spec, store, trial.number, trial._trial_id, 0) and self.refused:
+                    return started, ""  # it stays RUNNING without a Job: the next pass tries again
             started.append(trial.number)
             metrics.TRIALS.labels(state="started").inc()
             self.event("TrialStarted", f"trial {trial.number}: {trial.params}")
@@ -444,6 +467,15 @@ def _recorded_best(status: dict[str, Any]) -> FinishedTrial | None:
     if isinstance(best, dict) and isinstance(best.get("number"), int):
         return FinishedTrial(best["number"], ())
     return None
+
+
+def _api_message(error: ApiException) -> str:
+    """The API server's own words for a refusal (its Status message), else the HTTP reason."""
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return redact(str(message or f"{error.status} {error.reason}"))[:500]
 
 
 def _driver_message(error: BaseException) -> str:

@@ -43,6 +43,9 @@ REASON_DISPATCHING = "Dispatching"
 REASON_DRAINING = "Draining"
 REASON_SUSPENDED = "Suspended"
 REASON_SAMPLER_ERROR = "SamplerError"
+REASON_JOB_REFUSED = "JobRefused"
+BLOCKED = (REASON_SAMPLER_ERROR, REASON_JOB_REFUSED)
+"""Progressing reasons that say dispatch is stuck on something a user must look at."""
 REASON_IN_PROGRESS = "InProgress"
 REASON_BUDGET_SPENT = "BudgetSpent"
 REASON_DEADLINE = "DeadlineReached"
@@ -103,7 +106,7 @@ class Progress:
     paced: bool = False
     waiting_reason: Waiting | None = None  # why the first waiting trial waits
     waiting_message: str = ""
-    sampler_error: str = ""
+    blocked: tuple[str, str] | None = None  # dispatch is stuck: (REASON_SAMPLER_ERROR or REASON_JOB_REFUSED, why)
     database_message: str = ""  # the DatabaseReady condition's message (which database holds the study)
 
 
@@ -132,8 +135,8 @@ def decide(progress: Progress) -> Verdict:
         return Verdict(Phase.SUSPENDED, "suspended" + (": stopping running trials" if progress.busy else ""),
                        conditions)
     if progress.busy or (counts.created < total and end is None):
-        if progress.sampler_error:
-            reason, message = REASON_SAMPLER_ERROR, progress.sampler_error
+        if progress.blocked is not None:
+            reason, message = progress.blocked
         elif end is not None:
             reason, message = REASON_DRAINING, f"{end.message}; letting running trials finish"
         else:
@@ -321,8 +324,8 @@ def transitions(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Note]:
             notes.append(Note(EVENT_STUDY_CONTINUED, str(new.get("message", ""))))
     if (change := changed(PROGRESSING)) is not None:
         was, progressing = change
-        if progressing["reason"] == REASON_SAMPLER_ERROR and was.get("reason") != REASON_SAMPLER_ERROR:
-            notes.append(Note(REASON_SAMPLER_ERROR, progressing.get("message", ""), warning=True))
+        if progressing["reason"] in BLOCKED and was.get("reason") != progressing["reason"]:
+            notes.append(Note(progressing["reason"], progressing.get("message", ""), warning=True))
     return notes
 
 
