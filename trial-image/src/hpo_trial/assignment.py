@@ -62,10 +62,14 @@ Objective precedence
 
 What the runtime does
     Loads the study with the assignment's sampler and pruner, attaches to the existing RUNNING trial
-    by id (it never asks for a new one), records a heartbeat every ``heartbeat_seconds`` from a
-    daemon thread, runs the objective and tells the study the outcome with
-    ``skip_if_finished=True``. It leaves the trial RUNNING only when stopped by SIGTERM or when the
-    database is unreachable (both for the operator to reconcile).
+    by id (it never asks for a new one), checks that ``hpo:attempt`` still names its ``attempt``,
+    records a heartbeat every ``heartbeat_seconds`` from a daemon thread, runs the objective and
+    tells the study the outcome with ``skip_if_finished=True``, under the fence and retrying through
+    a database outage until the deadline. It leaves the trial RUNNING only when stopped by SIGTERM,
+    when the database stays unreachable, or when superseded (for the operator to reconcile). The
+    sampler's ``seed``, when there is one, is already this trial's own (the operator derives it
+    from the study's seed and the trial number), so the objective's own suggestions vary from
+    trial to trial yet a seeded study runs the same again.
 
 Outcome: exit code and termination message
     One line in ``/dev/termination-log`` (``--termination-log`` / ``HPO_TERMINATION_LOG`` override
