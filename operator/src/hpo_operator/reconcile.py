@@ -83,6 +83,8 @@ class StudyLoop:
     store: StudyStore | None = None
     provisioned: Provisioned | None = None
     written: dict[str, Any] | None = None  # the status as this process last wrote it
+    parsed: tuple[int | None, HpoStudySpec | None, list[validation.Problem]] | None = None  # validation of one
+    # generation (a spec changes only with its generation; a grid sampler is built to check it)
     checked: tuple[int | None, list[validation.Problem], str] | None = None  # API checks of one generation
     idle_generation: int | None = None  # finished and idle at this generation: no pass until the spec changes
     best: FinishedTrial | None = None
@@ -168,7 +170,10 @@ class StudyLoop:
     def validate(self, body: dict[str, Any], study: Observed) -> tuple[HpoStudySpec | None, list[validation.Problem],
                                                                         str]:
         """The spec if it may run; else every problem, and the Validated condition's reason."""
-        spec, problems = validation.parse(study.raw_spec, validation.Limits(self.settings.max_grid_points))
+        if self.parsed is None or self.parsed[0] != study.generation or study.generation is None:
+            spec, problems = validation.parse(study.raw_spec, validation.Limits(self.settings.max_grid_points))
+            self.parsed = (study.generation, spec, problems)
+        _, spec, problems = self.parsed
         if not self.settings.serves(self.namespace):
             problems = [validation.Problem("metadata.namespace", f"the operator does not serve its own namespace "
                                                                  f"{self.namespace}, where its admin credentials "
@@ -177,7 +182,8 @@ class StudyLoop:
             problems = self.settings.policy.check(spec)
         if spec is None or problems:
             return None, problems, st.REASON_INVALID
-        if self.checked is None or self.checked[0] != study.generation or self.checked[1]:
+        if self.checked is None or self.checked[0] != study.generation \
+                or self.checked[2] == st.REASON_REFERENCE_MISSING:  # until it exists, look again each pass
             found, reason = self.api_checks(body, spec)
             self.checked = (study.generation, found, reason)
         if self.checked[1]:
