@@ -16,21 +16,9 @@ import pytest
 from hpo_operator import dispatch, search
 from hpo_operator.policy import Policy
 from hpo_operator.validation import Limits, Problem, Reference, api_problems, missing_reference, parse, references
+from tests.unit.test_operator_spec import study
 
 pytestmark = pytest.mark.unit
-
-
-def study(**overrides: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "budget": {"trials": 10, "parallelism": 2},
-        "searchSpace": {
-            "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
-            "layers": {"type": "int", "low": 1, "high": 4},
-            "activation": {"type": "categorical", "choices": ["relu", "tanh"]},
-        },
-    }
-    spec.update(overrides)
-    return spec
 
 
 def container(**fields: Any) -> dict[str, Any]:

@@ -96,36 +96,32 @@ def dry_run_job(job: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def secret_keys(namespace: str, name: str) -> frozenset[str] | None:
-    """The keys of a Secret (None when it does not exist)."""
+def _read(read: Any, name: str, namespace: str) -> Any:
+    """An object read by ``read`` (a client method), None when it does not exist."""
     try:
-        secret = client.CoreV1Api(api()).read_namespaced_secret(name, namespace)
+        return read(name, namespace)
     except ApiException as error:
         if error.status == 404:
             return None
         raise
-    return frozenset(secret.data or {})
+
+
+def secret_keys(namespace: str, name: str) -> frozenset[str] | None:
+    """The keys of a Secret (None when it does not exist)."""
+    secret = _read(client.CoreV1Api(api()).read_namespaced_secret, name, namespace)
+    return None if secret is None else frozenset(secret.data or {})
 
 
 def claim_exists(namespace: str, name: str) -> bool:
     """Whether a PersistentVolumeClaim exists."""
-    try:
-        client.CoreV1Api(api()).read_namespaced_persistent_volume_claim(name, namespace)
-    except ApiException as error:
-        if error.status == 404:
-            return False
-        raise
-    return True
+    return _read(client.CoreV1Api(api()).read_namespaced_persistent_volume_claim, name, namespace) is not None
 
 
 def read_secret(namespace: str, name: str) -> dict[str, str] | None:
     """A Secret's data as text (None when it does not exist)."""
-    try:
-        secret = client.CoreV1Api(api()).read_namespaced_secret(name, namespace)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
+    secret = _read(client.CoreV1Api(api()).read_namespaced_secret, name, namespace)
+    if secret is None:
+        return None
     return {key: base64.b64decode(value).decode(errors="replace") for key, value in (secret.data or {}).items()}
 
 
