@@ -390,3 +390,11 @@ def test_a_trial_job_the_api_server_refuses_is_reported_and_tried_again(
     monkeypatch.setattr(kube, "create_owned", h.cluster._create)
     status = h.run()
     assert condition(status, "Progressing")["reason"] == "Dispatching" and len(h.cluster.jobs) == 2
+
+
+def test_a_spec_with_many_problems_lists_the_first_ten(harness: Any) -> None:
+    containers = [{"name": f"c{i}", "image": i} for i in range(15)] + [{"name": "trial"}]
+    h = harness({"budget": {"trials": 1}, "trial": {"template": {"spec": {"containers": containers}}}})
+    status = h.run()
+    message = condition(status, "Validated")["message"]
+    assert message.count("must be a string") == 10 and message.endswith("; and 5 more")

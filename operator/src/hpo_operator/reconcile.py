@@ -123,8 +123,8 @@ class StudyLoop:
         spec, problems, reason = self.validate(body, study)
         if spec is None:
             self.close()
-            self.write(study, previous, st.Facts(st.rejected("; ".join(map(str, problems)), reason),
-                                                 _total(study.raw_spec), study.generation))
+            self.write(study, previous, st.Facts(st.rejected(_listed(problems), reason), _total(study.raw_spec),
+                                                 study.generation))
             return
         try:
             store = self.open(body, spec)
@@ -449,6 +449,12 @@ def _latest_attempts(jobs: list[JobSummary], pods: list[PodSummary]
         if current is None or pod.created > current.created:
             pod_of[(pod.trial, pod.attempt)] = pod
     return {trial: (job_of.get((trial, number)), pod_of.get((trial, number))) for trial, number in attempt.items()}
+
+
+def _listed(problems: list[validation.Problem], most: int = 10) -> str:
+    """The problems in one message, the first ``most`` of them (a condition and an Event stay readable)."""
+    shown = "; ".join(map(str, problems[:most]))
+    return shown + (f"; and {len(problems) - most} more" if len(problems) > most else "")
 
 
 def _total(raw_spec: object) -> int:
