@@ -313,7 +313,7 @@ ALLOWED_IN_SERVED = [
     ("patch", "hpostudies.hpo.dev --subresource=status"),
     ("list", "pods"), ("watch", "pods"),
     ("list", "jobs.batch"), ("watch", "jobs.batch"), ("create", "jobs.batch"), ("delete", "jobs.batch"),
-    ("get", "secrets"), ("create", "secrets"), ("patch", "secrets"),
+    ("get", "secrets"), ("create", "secrets"), ("patch", "secrets"), ("get", "persistentvolumeclaims"),
     ("create", "events"),
     ("list", "kopfpeerings.kopf.dev"), ("watch", "kopfpeerings.kopf.dev"),
 ]
@@ -451,7 +451,7 @@ def test_every_sampler_and_pruner_works_with_the_operator_image(chart: Chart) ->
             "trial": {"objective": "objectives:prunable", "template": chart.template}})
     for sampler in SAMPLERS:
         done = studies.wait_phase(f"sampler-{sampler.lower()}", "Succeeded", 600)
-        assert done["status"]["trials"] == {"running": 0, "complete": 6, "pruned": 0, "failed": 0}, (sampler, done)
+        assert done["status"]["trials"] == {"running": 0, "waiting": 0, "complete": 6, "pruned": 0, "failed": 0}, (sampler, done)
     for pruner in PRUNERS:
         done = studies.wait_phase(f"pruner-{pruner.lower()}", "Succeeded", 600)
         assert done["status"]["trials"]["pruned"] >= 1, (pruner, done["status"])
@@ -628,7 +628,7 @@ def test_a_cluster_scoped_release_serves_a_study_from_its_own_mysql_behind_its_n
         studies = Studies(chart.kube, studies_namespace)
         studies.create("shown", _study_spec(chart, trials=3, parallelism=3, sleep=0.5))
         done = studies.wait_phase("shown", "Succeeded", 240)
-        assert done["status"]["trials"] == {"running": 0, "complete": 3, "pruned": 0, "failed": 0}
+        assert done["status"]["trials"] == {"running": 0, "waiting": 0, "complete": 3, "pruned": 0, "failed": 0}
         writer = base64.b64decode((core.read_namespaced_secret("shown-storage", studies_namespace).data or {})
                                   ["url"]).decode()
         assert f"@{fullname}-mysql.{namespace}.svc:3306/" in writer, "the in-chart MySQL is the default server"

@@ -41,7 +41,8 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return {"complete": states.count(optuna.trial.TrialState.COMPLETE),
             "pruned": states.count(optuna.trial.TrialState.PRUNED),
             "failed": states.count(optuna.trial.TrialState.FAIL),
-            "running": states.count(optuna.trial.TrialState.RUNNING)}
+            "running": states.count(optuna.trial.TrialState.RUNNING),
+            "waiting": 0}  # status.trials.waiting: RUNNING trials whose pod has not started (none at the end)
 
 
 def test_a_study_completes_within_parallelism_and_its_status_matches_optuna(
@@ -151,7 +152,7 @@ def test_a_trial_whose_pod_is_deleted_resumes_from_its_checkpoint_on_the_other_n
     finally:
         if cordoned:
             core.patch_node(cordoned, {"spec": {"unschedulable": False}})
-    assert done["status"]["trials"] == {"running": 0, "complete": 1, "pruned": 0, "failed": 0}
+    assert done["status"]["trials"] == {"running": 0, "waiting": 0, "complete": 1, "pruned": 0, "failed": 0}
     assert [pod.split("-")[2] for pod, _ in attempts] == ["0", "1"], "one requeued attempt, no more"
     resumed = attempts[1][1]
     assert "resumed from step 3" in resumed or "resumed from step 4" in resumed
@@ -225,7 +226,7 @@ def test_crashes_are_retried_then_failed_and_too_many_failures_fail_the_study(
     assert "more than spec.budget.maxFailedTrials" in failed["status"]["message"]
     trial = studies.optuna_study("crashy").trials[0]
     assert trial.state is optuna.trial.TrialState.FAIL
-    assert "exit code 5" in trial.user_attrs["failure_reason"]
+    assert "exit code 5" in trial.system_attrs["fail_reason"]
     assert trial.system_attrs["hpo:outcomes"] == ["crashed", "crashed"], "one retry, then FAIL"
     assert len(studies.optuna_study("crashy").trials) == 1, "no new trial after the study failed"
     assert any(e.reason == "TrialRetried" for e in studies.events("crashy"))
@@ -238,9 +239,10 @@ def test_a_trial_pod_that_cannot_be_scheduled_fails_with_the_reason(
     template["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 99}}
     studies.create("greedy", spec(template, trials=1, parallelism=1,
                                   budget={"trials": 1, "parallelism": 1, "startTimeoutSeconds": 10}))
-    done = studies.wait_phase("greedy", "Succeeded", 90)
+    done = studies.wait_phase("greedy", "Failed", 90)  # its only trial failed: no trial completed
     assert done["status"]["trials"]["failed"] == 1
-    reason = studies.optuna_study("greedy").trials[0].user_attrs["failure_reason"]
+    assert {c["type"]: c for c in done["status"]["conditions"]}["Finished"]["reason"] == "NoTrialCompleted"
+    reason = studies.optuna_study("greedy").trials[0].system_attrs["fail_reason"]
     assert "did not start within 10s" in reason and "nvidia.com/gpu" in reason
 
 
@@ -265,9 +267,10 @@ def test_a_deadline_with_policy_kill_stops_running_trials_and_leaves_none_runnin
     template["spec"]["containers"][0]["env"].append({"name": "HPO_TEST_SLEEP", "value": "30"})
     studies.create("late", spec(template, trials=4, parallelism=2, endPolicy="Kill",
                                 budget={"trials": 4, "parallelism": 2, "deadlineSeconds": 5}))
-    done = studies.wait_phase("late", "Succeeded", 120)
+    done = studies.wait_phase("late", "Failed", 120)  # both trials were stopped: none completed
     finished = {c["type"]: c for c in done["status"]["conditions"]}["Finished"]
-    assert finished["reason"] == "DeadlineReached"
+    assert finished["reason"] == "NoTrialCompleted"
+    assert done["status"]["message"].startswith("spec.budget.deadlineSeconds reached, but no trial completed")
     study = studies.optuna_study("late")
     assert counts(study)["running"] == 0 and len(study.trials) == 2, "no new trial after the deadline"
-    assert all("stopped: the study ended" in t.user_attrs["failure_reason"] for t in study.trials)
+    assert all("stopped: the study ended" in t.system_attrs["fail_reason"] for t in study.trials)

@@ -110,9 +110,11 @@ def test_a_missing_admin_secret_is_reported_and_provisioning_waits_for_it(
     studies.create("later", study_spec(objectives, trials=1, storage={
         "host": testbed_env["HPO_MYSQL_HOST"], "port": int(testbed_env["HPO_MYSQL_PORT"]),
         "adminSecret": {"name": "not-yet"}}))
-    pending = studies.wait("later", lambda s: condition(s, "DatabaseReady").get("reason") == "AdminSecretInvalid",
-                           60, "report the missing Secret")
-    assert "Secret not-yet (spec.storage.adminSecret) does not exist" in condition(pending, "DatabaseReady")["message"]
+    failed = studies.wait("later", lambda s: condition(s, "Validated").get("reason") == "ReferenceNotFound",
+                          60, "report the missing Secret")
+    assert failed["status"]["phase"] == "Failed"
+    assert condition(failed, "Validated")["message"].startswith(
+        f"spec.storage.adminSecret: Secret not-yet does not exist in namespace {studies.namespace}")
     add_secret(client.CoreV1Api(kube), studies.namespace, "not-yet",
                {"username": testbed_env["HPO_MYSQL_USER"], "password": testbed_env["HPO_MYSQL_PASSWORD"]})
     studies.wait_phase("later", "Succeeded", 180)

@@ -100,3 +100,21 @@ def exit_early(trial: optuna.Trial) -> float:
 def return_nan(trial: optuna.Trial) -> float:
     """Diverge."""
     return float("nan")
+
+
+def return_when_released(trial: optuna.Trial) -> float:
+    """Wait until the file ``TEST_RELEASE`` exists, then return 0.25 without touching the database."""
+    print("waiting for release")
+    release = Path(os.environ["TEST_RELEASE"])
+    while not release.exists():
+        time.sleep(0.05)
+    return 0.25
+
+
+def record_declared(trial: optuna.Trial) -> float:
+    """Suggest only the declared parameters (as a grid's objective must), record them, return a value."""
+    x = trial.suggest_float("x", -10.0, 10.0)
+    n = trial.suggest_int("n", 1, 100)
+    kind = trial.suggest_categorical("kind", ["a", "b", "c"])
+    Path(os.environ["TEST_RECORD"]).write_text(json.dumps({"x": x, "n": n, "kind": kind}))
+    return x * n

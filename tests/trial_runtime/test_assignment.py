@@ -25,6 +25,8 @@ FULL = {
     "checkpoint_root": "/checkpoints",
     "objective": "train:objective",
     "heartbeat_seconds": 5,
+    "attempt": 2,
+    "deadline_seconds": 3600,
 }
 
 
@@ -41,14 +43,18 @@ def test_a_full_assignment_parses() -> None:
         checkpoint_root="/checkpoints",
         objective="train:objective",
         heartbeat_seconds=5,
+        attempt=2,
+        deadline_seconds=3600,
     )
 
 
 def test_optional_fields_default_and_unknown_fields_are_ignored() -> None:
     assignment = parse_assignment(
-        text(pruner=..., checkpoint_root=..., objective=..., heartbeat_seconds=..., added_later="x")
+        text(pruner=..., checkpoint_root=..., objective=..., heartbeat_seconds=..., attempt=..., deadline_seconds=...,
+             added_later="x")
     )
     assert (assignment.pruner, assignment.checkpoint_root, assignment.objective) == (None, None, None)
+    assert (assignment.attempt, assignment.deadline_seconds) == (None, None), "no fence, no deadline"
     assert assignment.heartbeat_seconds == 10
 
 
@@ -64,6 +70,8 @@ def test_optional_fields_default_and_unknown_fields_are_ignored() -> None:
         ({"sampler": "tpe"}, "'sampler' must be null or"),
         ({"pruner": {"class": "MedianPruner", "kwargs": [1]}}, "'pruner.kwargs' must be an object"),
         ({"heartbeat_seconds": 0}, "'heartbeat_seconds' must be a positive integer"),
+        ({"attempt": -1}, "'attempt' must be null or a non-negative integer, got -1"),
+        ({"deadline_seconds": "1h"}, "'deadline_seconds' must be null or a positive integer, got '1h'"),
     ],
 )
 def test_a_bad_assignment_is_a_configuration_error_saying_what_is_wrong(changes: dict[str, Any], message: str) -> None:

@@ -264,3 +264,23 @@ def test_what_an_objective_leaves_for_the_exit_still_reaches_disk(
     assert run.wait() == 0, run.output
     assert record.read_text() == f"atexit handler ran after trial {trial.number}"
     assert record.with_suffix(".buffered").read_text() == "written by the objective"
+
+
+@pytest.mark.parametrize("sampler", ["RandomSampler", "QMCSampler", "CmaEsSampler", "GridSampler"])
+def test_a_pod_suggests_a_parameter_the_operator_did_not_declare_whatever_its_sampler(
+    operator: OperatorSide, start_trial: RunTrial, tmp_path: Path, sampler: str
+) -> None:
+    """Samplers that read no history used to fail here (Optuna's trial cache did not know the pod's trial)."""
+    study = operator.create_study()
+    trial = operator.ask(study, DECLARED)
+    record = tmp_path / "seen.json"
+    kwargs = {"seed": 3}
+    objective = "objectives:record_params"
+    if sampler == "GridSampler":  # a grid knows only its own parameters: the pod suggests just those
+        kwargs["search_space"] = {"x": [trial.params["x"]], "n": [trial.params["n"]], "kind": ["a", "b", "c"]}
+        objective = "objectives:record_declared"
+    run = start_trial(operator.assignment(study, trial, sampler={"class": sampler, "kwargs": kwargs}),
+                      "--objective", objective, env={"TEST_RECORD": str(record)})
+
+    assert run.wait() == 0, run.output
+    assert operator.frozen(study, trial.number).state == TrialState.COMPLETE

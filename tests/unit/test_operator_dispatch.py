@@ -126,7 +126,9 @@ def terminated(code: int, reason: str = "Error", message: str = "") -> dict:
         (pod("Failed", **terminated(143)), Outcome.PREEMPTED, "stopped from outside"),
         (pod("Failed", conditions=[{"type": "DisruptionTarget", "status": "True"}], **terminated(137)),
          Outcome.PREEMPTED, "disrupted"),
-        (pod("Failed", **terminated(3, message="STORAGE lost")), Outcome.CRASHED, "STORAGE lost"),
+        (pod("Failed", **terminated(3, message="STORAGE lost")), Outcome.DATABASE_UNAVAILABLE, "STORAGE lost"),
+        (pod("Failed", **terminated(4)), Outcome.SUPERSEDED, "a later attempt owns the trial"),
+        (pod("Failed", **terminated(2, message="FAIL bad objective")), Outcome.CRASHED, "FAIL bad objective"),
         (pod("Failed", **terminated(137, reason="OOMKilled")), Outcome.CRASHED, "OOMKilled"),
         (pod("Failed", reason="DeadlineExceeded", **terminated(143)), Outcome.CRASHED, "trialTimeoutSeconds"),
         (pod("Running", **{"containerStatuses": [{"name": "trial", "state": {"running": {}}}]}), Outcome.ACTIVE, ""),
@@ -138,3 +140,39 @@ def terminated(code: int, reason: str = "Error", message: str = "") -> dict:
 def test_pod_endings_are_classified_as_a_user_expects(body: dict, outcome: Outcome, reason: str) -> None:
     verdict = classify(summarise(body), NOW, start_timeout=30)
     assert verdict.outcome is outcome and reason in verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("requested", "trials", "operator_max", "value", "capped"),
+    [
+        (8, 100, 256, 8, ""),
+        (10, 2, 256, 2, ""),  # never more than the budget: not worth a word
+        (10**9, 10**9, 256, 256, "parallelism capped at 256 by the operator's HPO_MAX_PARALLELISM "
+                                 "(spec.budget.parallelism is 1000000000)"),
+        (300, 100, 256, 100, ""),
+        (300, 10**9, 256, 256, "parallelism capped at 256"),
+    ],
+)
+def test_parallelism_is_capped_by_the_budget_and_the_operator(requested: int, trials: int, operator_max: int,
+                                                              value: int, capped: str) -> None:
+    result = dispatch.parallelism(requested, trials, operator_max)
+    assert result.value == value and result.capped.startswith(capped) and bool(result.capped) == bool(capped)
+
+
+@pytest.mark.parametrize(
+    ("parallelism", "occupied", "created", "total", "waiting", "expected"),
+    [
+        (8, 0, 0, 100, 0, dispatch.Plan(8)),
+        (8, 8, 8, 100, 0, dispatch.Plan(0)),
+        (8, 0, 98, 100, 0, dispatch.Plan(2)),
+        (256, 0, 0, 10**9, 0, dispatch.Plan(16, paced=True)),  # the first pass of a huge study
+        (256, 16, 16, 10**9, 16, dispatch.Plan(0, paced=True)),  # nothing started yet: nothing more
+        (256, 16, 16, 10**9, 4, dispatch.Plan(12, paced=True)),  # twelve started: twelve more
+        (4, 4, 4, 10, 4, dispatch.Plan(0)),  # full: not paced, just busy
+        (20, 3, 3, 10**9, 20, dispatch.Plan(0, paced=True)),  # more waiting than the bound (it was lowered)
+    ],
+)
+def test_dispatch_paces_itself_on_pods_that_have_not_started(
+    parallelism: int, occupied: int, created: int, total: int, waiting: int, expected: dispatch.Plan
+) -> None:
+    assert dispatch.plan(parallelism, occupied, created, total, waiting, max_waiting=16) == expected

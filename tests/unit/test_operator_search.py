@@ -80,7 +80,9 @@ def test_pods_rebuild_the_sampler_the_operator_asks_with_from_json() -> None:
     study = spec(8, seed=3)
     config = json.loads(json.dumps(search.sampler_config(study)))  # what reaches the pod
     rebuilt = getattr(optuna.samplers, config["class"])(**config["kwargs"])
-    asking = search.sampler(study)
+    seeded = search.sampler(study)
+    assert isinstance(seeded, search.TrialSeededSampler), "a seeded study asks with per-trial seeds"
+    asking = seeded._sampler
     assert type(rebuilt) is type(asking) is optuna.samplers.TPESampler
     assert vars(rebuilt).keys() == vars(asking).keys()
     for name in ("_constant_liar", "_n_startup_trials", "_multivariate"):
@@ -98,11 +100,15 @@ def _asks_after_three_finished(study: HpoStudySpec) -> list[float]:
     return sorted(optuna_study.ask(declared).params["x"] for _ in range(20))
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_a_parallel_study_models_the_search_once_its_first_trials_finish(seed: int) -> None:
+def test_a_parallel_study_models_the_search_once_its_first_trials_finish() -> None:
     # With Optuna's 10 start-up trials these 20 asks would still be uniform over [0, 100]; the
-    # policy's 3 at M=8 makes TPE model the three finished trials and concentrate its asks.
+    # policy's 3 at M=8 makes TPE model the three finished trials and concentrate its asks. TPE's
+    # draws have a tail (a broad prior component), so the claim is about most seeds, not each.
     space = {"x": {"type": "float", "low": 0, "high": 100}}
-    modelled = _asks_after_three_finished(spec(8, space, seed=seed))
-    random = _asks_after_three_finished(spec(8, space, seed=seed, options={"n_startup_trials": 10}))
-    assert modelled[17] - modelled[2] < 25 < random[17] - random[2]
+    concentrated = wide = 0
+    for seed in range(10):
+        modelled = _asks_after_three_finished(spec(8, space, seed=seed))
+        random = _asks_after_three_finished(spec(8, space, seed=seed, options={"n_startup_trials": 10}))
+        concentrated += modelled[17] - modelled[2] < 25
+        wide += random[17] - random[2] > 25
+    assert concentrated >= 8 and wide == 10, (concentrated, wide)

@@ -118,7 +118,8 @@ capabilities:
 
 {{/* What the operator does in the namespaces it serves (verified against kube.py, reconcile.py and
      Kopf 1.45: watching, patching finalizers/annotations, posting core v1 Events; reading the admin and
-     CA Secrets a study names, writing the study's two storage Secrets). */}}
+     CA Secrets a study names, writing the study's two storage Secrets; checking that the claims a study
+     names exist; a server-side dry-run of a study's first trial Job uses jobs create). */}}
 {{- define "hpo-operator.namespacedRules" -}}
 - apiGroups: [hpo.dev]
   resources: [hpostudies]
@@ -135,6 +136,9 @@ capabilities:
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create, patch]
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

@@ -17,19 +17,21 @@ import yaml
 
 from hpo_operator import models
 
-# Fields that a running study must keep: Optuna cannot change directions or a parameter's
-# distribution, and the storage holds the study. They may change while the study has never
-# started (Validated=False), so that fixing an invalid spec is an edit, not a delete.
+# Fields that a started study must keep: Optuna cannot change directions or a parameter's
+# distribution, and the storage holds the study. The operator sets status.startedAt on the study's
+# first pass with its database ready and never removes it; until then (an invalid spec, a missing
+# Secret, a database not yet reachable) they may change, so that fixing a spec is an edit, not a
+# delete. Keyed on startedAt rather than on a condition: a running study edited into an invalid
+# spec is still a started study.
 IMMUTABLE_ONCE_STARTED = ("objective", "searchSpace", "storage")
-_NEVER_STARTED = (
-    "!has(oldSelf.status) || !has(oldSelf.status.conditions) || "
-    "oldSelf.status.conditions.exists(c, c.type == 'Validated' && c.status == 'False')"
-)
+_NEVER_STARTED = "!has(oldSelf.status) || !has(oldSelf.status.startedAt)"
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Trials", "type": "string", "jsonPath": ".status.progress", "description": "finished/total"},
     {"name": "Running", "type": "integer", "jsonPath": ".status.trials.running"},
+    {"name": "Waiting", "type": "integer", "jsonPath": ".status.trials.waiting",
+     "description": "dispatched trials whose pod has not started"},
     {"name": "Best", "type": "number", "jsonPath": ".status.bestTrial.value"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

@@ -14,11 +14,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from hpo_operator.contract import (
+    ASSIGNMENT_ENV,
+    PROTOCOL,
+    QUICK_SCAN_ENV,
+    STORAGE_URL_ENV,
+    TRIAL_COMMAND,
+    TRIAL_CONTAINER,
+)
 from hpo_operator.database import TLS_CA_DIR, TLS_CA_KEY
 from hpo_operator.models import ATTEMPT_LABEL, STUDY_LABEL, TRIAL_LABEL, HpoStudySpec
 
-PROTOCOL = 1  # the assignment format hpo-trial understands (see hpo_trial.assignment)
-TRIAL_CONTAINER = "trial"
 CHECKPOINT_VOLUME = "hpo-checkpoints"
 STORAGE_TLS_VOLUME = "hpo-storage-tls"
 HEARTBEAT_SECONDS = 10
@@ -57,12 +63,19 @@ def labels(study: str, number: int, attempt: int) -> dict[str, str]:
 
 
 def assignment(spec: HpoStudySpec, ref: TrialRef, number: int, trial_id: int,
-               sampler: dict[str, Any], pruner: dict[str, Any] | None) -> dict[str, Any]:
-    """What the trial pod's runtime needs to attach to its RUNNING trial (HPO_ASSIGNMENT)."""
+               sampler: dict[str, Any], pruner: dict[str, Any] | None, attempt: int = 0) -> dict[str, Any]:
+    """What the trial pod's runtime needs to attach to its RUNNING trial (HPO_ASSIGNMENT).
+
+    ``attempt`` is the fence: the runtime tells the outcome only while the trial's `ATTEMPT_ATTR`
+    still names this attempt. ``deadline_seconds`` (the Job's activeDeadlineSeconds) bounds how long
+    the runtime keeps retrying its final write through a database outage.
+    """
     return {
         "protocol": PROTOCOL,
         "study": ref.optuna_study,
         "trial": {"number": number, "id": trial_id},
+        "attempt": attempt,
+        "deadline_seconds": spec.budget.trial_timeout_seconds,
         "sampler": sampler,
         "pruner": pruner,
         "checkpoint_root": spec.checkpoints.mount_path if spec.checkpoints.claim_name else None,
@@ -77,6 +90,7 @@ def _trial_container(pod_spec: dict[str, Any]) -> dict[str, Any]:
     if named:
         return named[0]
     if len(containers) == 1:
+        containers[0].setdefault("name", TRIAL_CONTAINER)
         return containers[0]
     containers.append({"name": TRIAL_CONTAINER})
     return containers[-1]
@@ -91,10 +105,19 @@ def _quantities_as_strings(pod_spec: dict[str, Any]) -> None:
                 amounts[name] = str(amount)
 
 
+def _without_nulls(node: Any) -> Any:
+    """The template without null fields: the API reads a null as unset, and the builder then need not."""
+    if isinstance(node, dict):
+        return {key: _without_nulls(value) for key, value in node.items() if value is not None}
+    if isinstance(node, list):
+        return [_without_nulls(item) for item in node]
+    return node
+
+
 def build_job(spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, trial_assignment: dict[str, Any],
               default_image: str) -> dict[str, Any]:
     """The batch/v1 Job for one attempt of one trial (owner reference added by the caller)."""
-    template = copy.deepcopy(spec.trial.template)
+    template = _without_nulls(copy.deepcopy(spec.trial.template))
     metadata = template.setdefault("metadata", {})
     trial_labels = labels(ref.study, number, attempt)
     metadata["labels"] = {**metadata.get("labels", {}), **trial_labels}
@@ -108,13 +131,13 @@ def build_job(spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, tria
     _quantities_as_strings(pod_spec)
     container = _trial_container(pod_spec)
     container.setdefault("image", default_image)
-    container.setdefault("command", ["hpo-trial"])
+    container.setdefault("command", list(TRIAL_COMMAND))
     ours: list[dict[str, Any]] = [
-        {"name": "HPO_ASSIGNMENT", "value": json.dumps(trial_assignment, separators=(",", ":"))},
-        {"name": "HPO_STORAGE_URL", "valueFrom": {"secretKeyRef": {"name": ref.storage_secret, "key": "url"}}},
+        {"name": ASSIGNMENT_ENV, "value": json.dumps(trial_assignment, separators=(",", ":"))},
+        {"name": STORAGE_URL_ENV, "valueFrom": {"secretKeyRef": {"name": ref.storage_secret, "key": "url"}}},
     ]
     if spec.trial.quick_scan:
-        ours.append({"name": "HPO_QUICK_SCAN", "value": "1"})
+        ours.append({"name": QUICK_SCAN_ENV, "value": "1"})
     names = {e["name"] for e in ours}
     container["env"] = [e for e in container.get("env", []) if e.get("name") not in names] + ours
 
@@ -146,4 +169,40 @@ def build_job(spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, tria
 def free_slots(parallelism: int, occupied: int, created: int, total: int) -> int:
     """How many new trials may start: never more than M unfinished, never more than N in all."""
     return max(0, min(parallelism - occupied, total - created))
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """The parallelism in force, and why it is below the spec's (empty when the operator did not cap it)."""
+
+    value: int
+    capped: str = ""
+
+
+def parallelism(requested: int, trials: int, operator_max: int) -> Parallelism:
+    """``spec.budget.parallelism`` capped at the budget's trials and the operator's `HPO_MAX_PARALLELISM`."""
+    value = min(requested, trials, operator_max)
+    if value < min(requested, trials):
+        return Parallelism(value, f"parallelism capped at {operator_max} by the operator's HPO_MAX_PARALLELISM "
+                                  f"(spec.budget.parallelism is {requested})")
+    return Parallelism(value)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many trials to start now; ``paced`` when pods that have not started held some back."""
+
+    count: int
+    paced: bool = False
+
+
+def plan(parallelism: int, occupied: int, created: int, total: int, waiting: int, max_waiting: int) -> Plan:
+    """Start what the free slots allow, but never let more than ``max_waiting`` of the study's pods wait to start.
+
+    Waiting pods (unschedulable, pulling, queued) say the cluster cannot run more now: creating more
+    Jobs would only pile up pods, as fast as the API server accepts them.
+    """
+    slots = free_slots(parallelism, occupied, created, total)
+    count = max(0, min(slots, max_waiting - waiting))
+    return Plan(count, paced=count < slots)
 

@@ -1,12 +1,14 @@
-"""The few Kubernetes API calls the study loop makes, each idempotent.
+"""The few Kubernetes API calls the study loop makes, each idempotent and each behind a small function.
 
 Handlers run more than once by design (restarts, resumes), so creating what exists or deleting
-what is gone is success, not an error.
+what is gone is success, not an error. Everything the loop asks of the API server is here, so the
+pure policies around it are tested without a cluster and the end-to-end tests cover these calls.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any, cast
 
 import kopf
@@ -66,19 +68,60 @@ def ensure_secret(namespace: str, name: str, data: dict[str, str], owner: dict[s
         client.CoreV1Api(api()).patch_namespaced_secret(name, namespace, {"stringData": data})
 
 
-def event(body: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
-    """Post an Event on the study (Kopf queues it; safe from the study's worker thread)."""
-    (kopf.warn if warning else kopf.info)(kopf.Body(cast(kopf.RawBody, body)), reason=reason, message=redact(message))
+def create_event(event: dict[str, Any]) -> None:
+    """Post a core/v1 Event (built by `events.build`)."""
+    body: Any = event
+    client.CoreV1Api(api()).create_namespaced_event(event["metadata"]["namespace"], body)
 
 
-def read_secret(namespace: str, name: str) -> dict[str, str] | None:
-    """A Secret's data as text (None when it does not exist)."""
+def dry_run_job(job: dict[str, Any]) -> dict[str, Any] | None:
+    """Ask the API server to validate a Job without creating it: None when it accepts it, else its Status.
+
+    The API server's own validation (and its admission webhooks) names each field it refuses.
+    Raises ApiException for anything but a refusal of the Job itself (no permission, unreachable).
+    """
+    manifest = {**job, "metadata": {k: v for k, v in job["metadata"].items() if k != "name"}}
+    manifest["metadata"]["generateName"] = job["metadata"]["name"][:57] + "-"
+    body: Any = manifest
     try:
-        secret = client.CoreV1Api(api()).read_namespaced_secret(name, namespace)
+        client.BatchV1Api(api()).create_namespaced_job(job["metadata"]["namespace"], body, dry_run="All")
+    except ApiException as error:
+        if error.status not in (400, 422):
+            raise
+        try:
+            status = json.loads(error.body or "{}")
+        except ValueError:
+            status = {"message": str(error.reason)}
+        return status if isinstance(status, dict) else {"message": str(status)}
+    return None
+
+
+def _read(read: Any, name: str, namespace: str) -> Any:
+    """An object read by ``read`` (a client method), None when it does not exist."""
+    try:
+        return read(name, namespace)
     except ApiException as error:
         if error.status == 404:
             return None
         raise
+
+
+def secret_keys(namespace: str, name: str) -> frozenset[str] | None:
+    """The keys of a Secret (None when it does not exist)."""
+    secret = _read(client.CoreV1Api(api()).read_namespaced_secret, name, namespace)
+    return None if secret is None else frozenset(secret.data or {})
+
+
+def claim_exists(namespace: str, name: str) -> bool:
+    """Whether a PersistentVolumeClaim exists."""
+    return _read(client.CoreV1Api(api()).read_namespaced_persistent_volume_claim, name, namespace) is not None
+
+
+def read_secret(namespace: str, name: str) -> dict[str, str] | None:
+    """A Secret's data as text (None when it does not exist)."""
+    secret = _read(client.CoreV1Api(api()).read_namespaced_secret, name, namespace)
+    if secret is None:
+        return None
     return {key: base64.b64decode(value).decode(errors="replace") for key, value in (secret.data or {}).items()}
 
 

@@ -59,13 +59,13 @@ class ParameterType(StrEnum):
 class Parameter(Model):
     """One declared parameter; which fields apply depends on ``type``."""
 
-    type: ParameterType
+    type: ParameterType = Field(description="float, int or categorical.")
     low: float | None = Field(default=None, description="Lower bound (float and int).")
     high: float | None = Field(default=None, description="Upper bound, inclusive (float and int).")
     step: float | None = Field(default=None, gt=0, description="Discretisation step (float and int).")
     log: bool = Field(default=False, description="Sample on a log scale (needs low > 0).")
     choices: list[Any] = Field(
-        default=[], description="Values of a categorical parameter: strings, numbers or booleans.",
+        default=[], description="Values of a categorical parameter: strings, numbers or booleans (not null).",
         json_schema_extra={"items": {"x-kubernetes-preserve-unknown-fields": True}},
     )
 
@@ -81,10 +81,19 @@ class SamplerName(StrEnum):
 
 
 class Sampler(Model):
+    """The Optuna sampler that proposes each trial's parameters (in the operator and, for parameters the
+    objective suggests itself, in the trial pod)."""
+
     name: SamplerName = Field(default=SamplerName.TPE, description="TPE (tuned to the study's parallelism) unless set.")
-    seed: int | None = Field(default=None, description="Seed for reproducible sampling.")
+    seed: int | None = Field(
+        default=None, ge=0, le=2**32 - 1,
+        description="Seed for reproducible sampling: each trial's seed is derived from it and the trial number, so "
+                    "a study runs the same again while parameters the objective suggests itself still vary.",
+    )
     options: dict[str, Any] = Field(
-        default={}, description="Keyword arguments of the Optuna sampler, e.g. n_startup_trials for tpe.",
+        default={}, description="Keyword arguments of the Optuna sampler, e.g. n_startup_trials for tpe (checked "
+                                "against the sampler's signature and types; options that take Python objects or "
+                                "functions cannot be given).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
@@ -98,6 +107,8 @@ class PrunerName(StrEnum):
 
 
 class Pruner(Model):
+    """The Optuna pruner that stops unpromising trials early (single-objective studies)."""
+
     name: PrunerName = Field(default=PrunerName.NONE, description="Which Optuna pruner stops weak trials early.")
     options: dict[str, Any] = Field(
         default={}, description="Keyword arguments of the Optuna pruner, e.g. n_warmup_steps for median.",
@@ -106,12 +117,21 @@ class Pruner(Model):
 
 
 class Budget(Model):
-    trials: int = Field(ge=1, description="Total number of trials N.")
-    parallelism: int = Field(default=1, ge=1, description="At most this many unfinished trials at once (M).")
+    """How many trials, how many at once, and how much failure and time the study may spend."""
+
+    trials: int = Field(ge=1, description="Total number of trials N (raise it to continue a finished study).")
+    parallelism: int = Field(
+        default=1, ge=1, description="At most this many unfinished trials at once (M); capped at trials and at the "
+                                     "operator's HPO_MAX_PARALLELISM (status.parallelism shows the value in force).",
+    )
     max_failed_trials: int | None = Field(
         default=None, ge=0, description="The study fails when more trials than this have failed (unset: no limit)."
     )
     retries_per_trial: int = Field(default=1, ge=0, description="Crashed attempts of one trial that are re-run.")
+    max_preemptions_per_trial: int = Field(
+        default=10, ge=0, description="Preemptions (deletion, eviction, node loss) of one trial that are run again "
+                                      "for free; one more fails the trial. A queue's suspension is not counted.",
+    )
     trial_timeout_seconds: int | None = Field(default=None, ge=1, description="Time limit of one trial attempt.")
     deadline_seconds: int | None = Field(
         default=None, ge=1, description="Wall-clock limit of the whole study, counted from its start."
@@ -137,11 +157,15 @@ HOST_NAME = r"^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]
 
 
 class SecretRef(Model):
+    """A Secret of the study's namespace."""
+
     name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
                       description="A Secret in the study's own namespace.")
 
 
 class SecretKeyRef(Model):
+    """One key of a Secret of the study's namespace."""
+
     name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
                       description="A Secret in the study's own namespace.")
     key: str = Field(default="ca.crt", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$",
@@ -188,6 +212,8 @@ class Storage(Model):
 
 
 class Checkpoints(Model):
+    """Where trial pods keep checkpoints, so a preempted trial resumes instead of starting over."""
+
     claim_name: str | None = Field(
         default=None, description="PVC mounted in every trial pod for checkpoints (unset: no checkpoint volume)."
     )
@@ -201,7 +227,8 @@ class Trial(Model):
     """How a trial pod runs: the objective and a pod template (defaults: the trial image's workload)."""
 
     objective: str | None = Field(
-        default=None, description="The objective as module:function (default: the trial image's workload)."
+        default=None, description="The objective as module:function, e.g. my_package.train:objective (default: the "
+                                  "trial image's workload).",
     )
     quick_scan: bool = Field(default=False, description="Train the default workload on a small subset.")
     template: dict[str, Any] = Field(
@@ -211,23 +238,29 @@ class Trial(Model):
 
 
 class HpoStudySpec(Model):
-    objective: Objective = Field(default_factory=Objective)
+    """What to optimise, over which parameters, with which budget, and how trial pods run."""
+
+    objective: Objective = Field(default_factory=Objective, description="Directions and metric names (immutable "
+                                                                         "once the study has started).")
     search_space: dict[str, Parameter] = Field(
-        default={}, description="Declared parameters by name; the objective may suggest more at run time."
+        default={}, description="Declared parameters by name; the objective may suggest more at run time (immutable "
+                                "once the study has started).",
     )
-    sampler: Sampler = Field(default_factory=Sampler)
-    pruner: Pruner = Field(default_factory=Pruner)
-    budget: Budget
+    sampler: Sampler = Field(default_factory=Sampler, description="The sampler and its options (TPE by default).")
+    pruner: Pruner = Field(default_factory=Pruner, description="The pruner and its options (none by default).")
+    budget: Budget = Field(description="Trials, parallelism, retries, preemptions and time limits.")
     end_policy: EndPolicy = Field(
         default=EndPolicy.DRAIN, description="When the study ends: let running trials finish, or stop them."
     )
     warm_start: list[dict[str, Any]] = Field(
-        default=[], description="Parameter sets to run first, in order (trial 0, 1, ...).",
+        default=[], description="Parameter sets to run first, in order (trial 0, 1, ...); at most 1000, and never more "
+                                "than budget.trials of them.",
         json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
     )
-    trial: Trial = Field(default_factory=Trial)
-    storage: Storage = Field(default_factory=Storage)
-    checkpoints: Checkpoints = Field(default_factory=Checkpoints)
+    trial: Trial = Field(default_factory=Trial, description="The objective and the pod template of trial pods.")
+    storage: Storage = Field(default_factory=Storage, description="The MySQL server of the study's database "
+                                                                  "(immutable once the study has started).")
+    checkpoints: Checkpoints = Field(default_factory=Checkpoints, description="The checkpoint volume of trial pods.")
     suspend: bool = Field(default=False, description="Stop dispatching and stop running trials (checkpoints kept).")
 
 
@@ -240,52 +273,75 @@ class Phase(StrEnum):
 
 
 class TrialCounts(Model):
-    running: int = 0
-    complete: int = 0
-    pruned: int = 0
-    failed: int = 0
+    """The study's trials by state."""
+
+    running: int = Field(default=0, description="Unfinished trials whose pod has started.")
+    waiting: int = Field(
+        default=0, description="Unfinished trials whose pod has not started yet (unschedulable, pulling its image, or "
+                               "not admitted by a queue); the TrialsWaiting condition says why.",
+    )
+    complete: int = Field(default=0, description="Trials that returned a value.")
+    pruned: int = Field(default=0, description="Trials the pruner stopped.")
+    failed: int = Field(default=0, description="Trials that failed (the reason is Optuna's fail_reason).")
 
 
 class BestTrial(Model):
-    number: int
-    value: float | None = None
-    values: list[float] | None = None
-    params: dict[str, Any] = Field(default={}, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    """A finished trial worth showing: its number, value(s) and parameters."""
+
+    number: int = Field(description="The Optuna trial number.")
+    value: float | None = Field(default=None, description="Its value (single-objective studies).")
+    values: list[float] | None = Field(default=None, description="Its values (multi-objective studies).")
+    params: dict[str, Any] = Field(default={}, description="Its parameters, declared and suggested.",
+                                   json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
 
 
 class RunningTrial(Model):
-    number: int
-    attempt: int = 0
-    checkpoint_path: str | None = None
-    checkpoint_step: int | None = None
+    """An unfinished trial and where it would resume."""
+
+    number: int = Field(description="The Optuna trial number.")
+    attempt: int = Field(default=0, description="Its current attempt (0 first; each requeue or retry adds one).")
+    checkpoint_path: str | None = Field(default=None, description="Its latest checkpoint file.")
+    checkpoint_step: int | None = Field(default=None, description="The step of that checkpoint.")
 
 
 class StudyCheckpoint(Model):
+    """The last point at which the study recorded its progress."""
+
     time: str = Field(description="When the study last recorded a checkpoint (RFC 3339).")
     finished_trials: int = Field(description="Finished trials at that moment.")
 
 
 class Condition(Model):
-    type: str
-    status: str
-    reason: str
-    message: str = ""
-    last_transition_time: str
-    observed_generation: int | None = None
+    """A standard Kubernetes condition: one aspect of the study, with the reason for its last change."""
+
+    type: str = Field(description="Validated, DatabaseReady, Progressing, TrialsWaiting or Finished.")
+    status: str = Field(description="True, False or Unknown.")
+    reason: str = Field(description="A CamelCase reason (status.py lists them).")
+    message: str = Field(default="", description="What happened, and what to do about it.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="The spec generation the condition is about.")
 
 
 class HpoStudyStatus(Model):
-    """What `status.py` writes; printer columns and users read it."""
+    """What the operator observed of the study; only `status.py` builds it, printer columns and users read it."""
 
-    phase: Phase = Phase.PENDING
-    message: str = ""
+    phase: Phase = Field(default=Phase.PENDING, description="Pending, Running, Suspended, Succeeded or Failed.")
+    message: str = Field(default="", description="One line on where the study stands, and why.")
     progress: str = Field(default="", description="finished/total trials, for kubectl get.")
-    trials: TrialCounts = Field(default_factory=TrialCounts)
-    best_trial: BestTrial | None = None
+    trials: TrialCounts = Field(default_factory=TrialCounts, description="The study's trials by state.")
+    parallelism: int | None = Field(
+        default=None, description="The parallelism in force: spec.budget.parallelism capped at spec.budget.trials "
+                                  "and the operator's HPO_MAX_PARALLELISM.",
+    )
+    best_trial: BestTrial | None = Field(default=None, description="Single-objective: the best COMPLETE trial.")
     pareto_front: list[BestTrial] = Field(default=[], description="Multi-objective: the best trials, bounded.")
-    running_trials: list[RunningTrial] = []
-    checkpoint: StudyCheckpoint | None = None
+    running_trials: list[RunningTrial] = Field(default=[], description="Unfinished trials and their checkpoints.")
+    checkpoint: StudyCheckpoint | None = Field(default=None, description="The study's last progress record.")
     optuna_study: str | None = Field(default=None, description="The Optuna study name in the study's database.")
-    started_at: str | None = None
-    observed_generation: int | None = None
-    conditions: list[Condition] = []
+    started_at: str | None = Field(
+        default=None, description="When the study first ran (RFC 3339); from then on spec.objective, searchSpace "
+                                  "and storage cannot change.",
+    )
+    observed_generation: int | None = Field(default=None, description="The spec generation this status is about.")
+    conditions: list[Condition] = Field(default=[], description="Validated, DatabaseReady, Progressing, "
+                                                                "TrialsWaiting and Finished.")

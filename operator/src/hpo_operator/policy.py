@@ -81,7 +81,7 @@ class Policy:
 
     def trial_pod_problems(self, template: dict[str, Any]) -> list[Problem]:
         """What in the trial pod template would give trial pods more than the namespace's default rights."""
-        pod = template.get("spec", {})
+        pod = template.get("spec") or {}
         if not isinstance(pod, dict):
             return [Problem(_TEMPLATE, "must be a pod spec (an object)")]
         account = pod.get("serviceAccountName") or pod.get("serviceAccount") or DEFAULT_SERVICE_ACCOUNT

@@ -1,48 +1,75 @@
-"""One pass over one study: validate, provision, settle ended attempts, dispatch, write status.
+"""One pass over one study: read what is, let the policies decide, write what they decided.
 
 The study's daemon (handlers.py) runs a pass whenever one of its trial pods or Jobs changes, and
-every few seconds regardless. A pass reads the state it needs afresh (RUNNING trials and counts
-from the database, the study's live pods and Jobs from the operator's index), so a pass can be
-repeated, or the operator killed between any two steps, without losing or duplicating a trial:
-a RUNNING trial without a Job gets one, a Job whose name exists is found, not made twice.
+every few seconds regardless. A pass reads the state it needs afresh (RUNNING trials, counts and
+heartbeats from the database, the study's live pods and Jobs from the operator's index), so a pass
+can be repeated, or the operator killed between any two steps, without losing or duplicating a
+trial: a RUNNING trial without a Job gets one, a Job whose name exists is found, not made twice.
+
+The decisions are pure functions of what was read, each in the module that owns its concern:
+`validation` (is the spec runnable), `outcomes.decide` (what happened to each trial's latest
+attempt and what to do next), `dispatch.plan` (how many trials to start), `status.end_of_study`
+and `status.decide` (has the study ended, its phase and conditions) and `status.transitions`
+(which Events a change calls for). This module only reads, calls them, and carries out what they
+say through `kube`, `storage` and `provisioning`.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
-import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpo_operator import database, dispatch, kube, metrics, redaction, search, validation
+import optuna
+import sqlalchemy.exc
+from kubernetes.client import ApiException
+
+from hpo_operator import dispatch, events, kube, metrics, outcomes, provisioning, search, validation
 from hpo_operator import status as st
-from hpo_operator.models import (
-    DISPATCHED_AT_ANNOTATION,
-    READONLY_SECRET_SUFFIX,
-    DeletionPolicy,
-    EndPolicy,
-    HpoStudySpec,
-    Phase,
-    TlsMode,
-)
-from hpo_operator.outcomes import JobSummary, Outcome, PodSummary, Verdict, classify
+from hpo_operator.models import DISPATCHED_AT_ANNOTATION, EndPolicy, HpoStudySpec, Phase
+from hpo_operator.outcomes import Action, Decision, JobSummary, PodSummary, TrialView
+from hpo_operator.provisioning import Provisioned, ProvisioningProblem
+from hpo_operator.redaction import redact
 from hpo_operator.settings import Settings
 from hpo_operator.storage import FinishedTrial, RunningTrial, StudyStore, pareto_front
 
 _logger = logging.getLogger(__name__)
 
+DATABASE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
+                   sqlalchemy.exc.DisconnectionError, optuna.exceptions.StorageInternalError)
+"""What the study's database raises while it cannot be used (down, unreachable, timing out)."""
+TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value)
+STARTS = (Action.START, Action.REQUEUE, Action.RETRY)
+WAITING_ORDER = [outcomes.Waiting.QUEUED, outcomes.Waiting.UNSCHEDULABLE, outcomes.Waiting.PAUSED,
+                 outcomes.Waiting.STARTING]
+"""Which waiting trial's reason the TrialsWaiting condition gives: the most telling first."""
+
 
 class StudyProblem(Exception):
-    """A pass could not finish (database unreachable, ...); the message says what to do."""
+    """A pass could not finish (database unreachable, ...); its status says so and the pass is retried."""
 
 
-class ProvisioningProblem(StudyProblem):
-    """The study's database cannot be made ready yet; `reason` is the DatabaseReady condition's reason."""
+class JobRefused(Exception):
+    """The API server refused a trial Job (a quota, an admission webhook, an invalid template)."""
 
-    def __init__(self, message: str, reason: str = st.REASON_DATABASE_ERROR) -> None:
-        super().__init__(message)
-        self.reason = reason
+
+@dataclass(frozen=True)
+class Observed:
+    """The study object as this pass sees it."""
+
+    raw_spec: object
+    generation: int | None
+    status: dict[str, Any]
+    uid: str
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> Observed:
+        metadata = body.get("metadata") or {}
+        status = body.get("status")
+        return cls(body.get("spec"), metadata.get("generation"), status if isinstance(status, dict) else {},
+                   str(metadata.get("uid") or ""))
 
 
 @dataclass
@@ -52,272 +79,304 @@ class StudyLoop:
     namespace: str
     name: str
     settings: Settings
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = field(default_factory=lambda: _logger)
     store: StudyStore | None = None
+    provisioned: Provisioned | None = None
+    written: dict[str, Any] | None = None  # the status as this process last wrote it
+    parsed: tuple[int | None, HpoStudySpec | None, list[validation.Problem]] | None = None  # validation of one
+    # generation (a spec changes only with its generation; a grid sampler is built to check it)
+    checked: tuple[int | None, list[validation.Problem], str] | None = None  # API checks of one generation
+    idle_generation: int | None = None  # finished and idle at this generation: no pass until the spec changes
     best: FinishedTrial | None = None
     best_as_of: int | None = None  # the COMPLETE count `best` was read at: it changes only when that grows
     pareto: list[FinishedTrial] | None = None
     previous_running: set[int] = field(default_factory=set)
-    reported_problems: str = ""
-    database_name: str = ""  # the study's database, once provisioned
-    storage_tls: bool = False  # its server's connections use TLS (trial pods mount the CA)
-    last_status: dict[str, Any] | None = None
-    logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = field(default_factory=lambda: _logger)
+    events: events.Recorder | None = None
+    dry_run_unavailable: bool = False
+    refused: str = ""  # why the API server refused this pass's last trial Job
 
     @property
     def secret_name(self) -> str:
-        return f"{self.name}-storage"
-
-    @property
-    def reader_secret_name(self) -> str:
-        return f"{self.name}{READONLY_SECRET_SUFFIX}"
-
-    # -- provisioning -------------------------------------------------------------------------
-
-    def server(self, spec: HpoStudySpec) -> database.Server:
-        """The study's server, with the admin that belongs to it (the policy has checked the pairing)."""
-        default, storage = self.settings.default_server, spec.storage
-        if storage.admin_secret is None:
-            return default
-        where = f"Secret {storage.admin_secret.name} (spec.storage.adminSecret)"
-        secret = kube.read_secret(self.namespace, storage.admin_secret.name)
-        if secret is None or not secret.get("username") or not secret.get("password"):
-            found = "does not exist" if secret is None else "lacks the key username or password"
-            raise ProvisioningProblem(f"{where} {found} in namespace {self.namespace}; create it with the keys "
-                                      "username and password of an admin of the study's MySQL server",
-                                      st.REASON_ADMIN_SECRET)
-        redaction.remember(secret["password"])
-        default_server = self.settings.policy.uses_default_server(storage)
-        tls = default.tls if default_server else self.study_tls(spec)
-        return database.Server(storage.host or default.host, storage.port or default.port, secret["username"],
-                               secret["password"], tls)
-
-    def study_tls(self, spec: HpoStudySpec) -> database.Tls:
-        tls = spec.storage.tls
-        if tls is None:
-            return database.Tls()
-        ref = tls.ca_secret
-        pem = (kube.read_secret(self.namespace, ref.name) or {}).get(ref.key, "")
-        try:
-            ssl.create_default_context(cadata=pem)
-        except (ssl.SSLError, ValueError):
-            raise ProvisioningProblem(f"key {ref.key} of Secret {ref.name} (spec.storage.tls.caSecret) is missing or "
-                                      "not a PEM certificate; put the CA that signed the server's certificate there",
-                                      st.REASON_TLS_CA) from None
-        return database.Tls(ca_pem=pem, verify_identity=tls.mode is TlsMode.VERIFY_IDENTITY)
-
-    def provision(self, body: dict[str, Any], spec: HpoStudySpec) -> StudyStore:
-        """Make the database, its users, the two storage Secrets and the Optuna study (all idempotent)."""
-        server = self.server(spec)
-        writer = kube.read_secret(self.namespace, self.secret_name) or {}
-        reader = kube.read_secret(self.namespace, self.reader_secret_name) or {}
-        credentials = database.Credentials(password=writer.get("password") or database.new_password(),
-                                           reader_password=reader.get("password") or database.new_password(),
-                                           claimed_database=writer.get("database"))
-        redaction.remember(credentials.password, credentials.reader_password)
-        try:
-            with metrics.DATABASE_LATENCY.time():
-                names = database.provision(server, self.namespace, self.name, credentials)
-        except database.OwnershipConflict as error:
-            raise ProvisioningProblem(str(error), st.REASON_DATABASE_CONFLICT) from error
-        except database.DatabaseError as error:
-            raise ProvisioningProblem(str(error)) from error
-        tls = {database.TLS_CA_KEY: server.tls.ca_pem} if server.tls.ca_pem else {}
-        urls = {}
-        for secret, user, password in ((self.secret_name, names.user, credentials.password),
-                                       (self.reader_secret_name, names.reader, credentials.reader_password)):
-            urls[secret] = database.storage_url(server, user, names.database, password)
-            kube.ensure_secret(self.namespace, secret, {"url": urls[secret], "username": user, "password": password,
-                                                        "database": names.database, **tls}, owner=body)
-        url, connect_args = urls[self.secret_name], database.connect_args(server.tls)
-        StudyStore.create(url, connect_args, self.name, spec)
-        self.database_name, self.storage_tls = names.database, server.tls.enabled
-        return StudyStore(url, connect_args, self.name)
-
-    def deprovision(self, spec: HpoStudySpec) -> None:
-        """Drop the study's database under policy Delete (only what the server records as the study's)."""
-        self.close()
-        if spec.storage.deletion_policy is not DeletionPolicy.DELETE:
-            return
-        if self.settings.policy.storage_problems(spec.storage):
-            self.logger.warning("the study's spec.storage breaks the operator's policy: its database is not dropped")
-            return
-        dropped = database.drop(self.server(spec), self.namespace, self.name)
-        self.logger.info(f"dropped database {dropped.database}" if dropped else "no database recorded to drop")
+        return provisioning.secret_names(self.name)[0]
 
     def close(self) -> None:
+        """Let go of the study's database connections (a finished study keeps none)."""
         if self.store is not None:
             self.store.close()
             self.store = None
 
-    # -- one pass -----------------------------------------------------------------------------
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        if self.events is not None:
+            self.events(reason, message, warning)
+
+    # -- one pass -----------------------------------------------------------------------------------
 
     def run(self, body: dict[str, Any], pods: list[PodSummary], jobs: list[JobSummary]) -> None:
-        """One reconcile pass; raises StudyProblem when it must be retried later."""
-        raw_status = body.get("status") or {}
-        generation = body["metadata"].get("generation")
-        spec, problems = validation.parse(body.get("spec") or {})
+        """One reconcile pass; raises StudyProblem when it must be retried later (its status says why)."""
+        study = Observed.of(body)
+        if self.events is None or self.events.study.uid != study.uid:
+            self.events = events.Recorder(events.StudyRef(self.namespace, self.name, study.uid), kube.create_event,
+                                          self.logger)
+        previous = self.written if self.written is not None else study.status
+        if self.idle(study, previous, pods):
+            return
+        spec, problems, reason = self.validate(body, study)
+        if spec is None:
+            self.close()
+            self.write(study, previous, st.Facts(st.rejected(_listed(problems), reason), _total(study.raw_spec),
+                                                 study.generation))
+            return
+        try:
+            store = self.open(body, spec)
+        except DATABASE_ERRORS as error:
+            problem = ProvisioningProblem(f"cannot use the study's database: {_driver_message(error)}; retrying",
+                                          st.REASON_DATABASE_UNAVAILABLE)
+            self.write(study, previous, st.Facts(st.database_unready(problem.reason, str(problem),
+                                                                     previous.get("phase")),
+                                                 spec.budget.trials, study.generation))
+            raise StudyProblem(str(problem)) from error
+        except ProvisioningProblem as problem:
+            self.write(study, previous, st.Facts(st.database_unready(problem.reason, str(problem),
+                                                                     previous.get("phase")),
+                                                 spec.budget.trials, study.generation))
+            raise StudyProblem(str(problem)) from problem
+        try:
+            self.step(body, study, previous, spec, store, pods, jobs)
+        except DATABASE_ERRORS as error:
+            message = f"cannot use the study's database: {_driver_message(error)}; retrying"
+            self.write(study, previous, st.Facts(st.database_unready(st.REASON_DATABASE_UNAVAILABLE, message,
+                                                                     previous.get("phase")),
+                                                 spec.budget.trials, study.generation))
+            raise StudyProblem(message) from error
+
+    def idle(self, study: Observed, previous: dict[str, Any], pods: list[PodSummary]) -> bool:
+        """A finished study costs nothing until its spec changes: no query, no connection, no API call.
+
+        Its daemon stays (a coroutine that sleeps), so an edit (a larger budget) continues it at once.
+        """
+        finished = previous.get("phase") in TERMINAL and _condition(previous, st.FINISHED) == "True" \
+            and _condition(previous, st.VALIDATED) == "True"
+        now = datetime.datetime.now(datetime.UTC)
+        if not finished or any(outcomes.holds_slot(pod, now) for pod in pods):
+            self.idle_generation = None
+            return False
+        if self.idle_generation is None and previous.get("observedGeneration") == study.generation:
+            self.idle_generation = study.generation  # after a restart: the object says it is done
+        if self.idle_generation == study.generation:
+            self.close()
+            return True
+        return False
+
+    def validate(self, body: dict[str, Any], study: Observed) -> tuple[HpoStudySpec | None, list[validation.Problem],
+                                                                        str]:
+        """The spec if it may run; else every problem, and the Validated condition's reason."""
+        if self.parsed is None or self.parsed[0] != study.generation or study.generation is None:
+            spec, problems = validation.parse(study.raw_spec, validation.Limits(self.settings.max_grid_points))
+            self.parsed = (study.generation, spec, problems)
+        _, spec, problems = self.parsed
         if not self.settings.serves(self.namespace):
-            problems.insert(0, validation.Problem(
-                "metadata.namespace", f"the operator does not serve its own namespace {self.namespace}, where its "
-                                      "admin credentials live; create the study in another namespace"))
+            problems = [validation.Problem("metadata.namespace", f"the operator does not serve its own namespace "
+                                                                 f"{self.namespace}, where its admin credentials "
+                                                                 "live; create the study in another namespace")]
         elif spec is not None:
             problems = self.settings.policy.check(spec)
         if spec is None or problems:
-            self.reject(body, problems, generation, raw_status)
-            return
-        if self.store is None:
+            return None, problems, st.REASON_INVALID
+        if self.checked is None or self.checked[0] != study.generation \
+                or self.checked[2] == st.REASON_REFERENCE_MISSING:  # until it exists, look again each pass
+            found, reason = self.api_checks(body, spec)
+            self.checked = (study.generation, found, reason)
+        if self.checked[1]:
+            return None, self.checked[1], self.checked[2]
+        return spec, [], st.REASON_VALID
+
+    def api_checks(self, body: dict[str, Any], spec: HpoStudySpec) -> tuple[list[validation.Problem], str]:
+        """What only the API server knows: do the Secrets and claims the spec names exist, would it take the Job."""
+        missing = []
+        for reference in validation.references(spec):
             try:
-                self.store = self.provision(body, spec)
-            except ProvisioningProblem as problem:
-                self.report_unready(body, spec, problem, generation, raw_status)
-                raise
-            was_ready = any(c.get("type") == st.DATABASE_READY and c.get("status") == "True"
-                            for c in raw_status.get("conditions", []))
-            if not was_ready:
-                kube.event(body, reason="DatabaseReady", message=f"Optuna study ready in database {self.database_name}")
-            self.reported_problems = ""
-        self.step(body, spec, pods, jobs, generation, raw_status)
-
-    def report_unready(self, body: dict[str, Any], spec: HpoStudySpec, problem: ProvisioningProblem,
-                       generation: int | None, raw_status: dict[str, Any]) -> None:
-        """Pending with DatabaseReady=False and why; one Event per distinct problem, not one per retry."""
-        message = str(problem)
-        kube.patch_status(self.namespace, self.name, st.render(st.Facts(
-            Phase.PENDING, message, spec.budget.trials, generation,
-            conditions=[st.ConditionUpdate(st.VALIDATED, True, st.REASON_VALID),
-                        st.ConditionUpdate(st.DATABASE_READY, False, problem.reason, message)],
-        ), raw_status.get("conditions", [])))
-        if message != self.reported_problems:
-            kube.event(body, reason=problem.reason, message=message, warning=True)
-            self.reported_problems = message
-
-    def reject(self, body: dict[str, Any], problems: list[validation.Problem], generation: int | None,
-               raw_status: dict[str, Any]) -> None:
-        message = "; ".join(str(p) for p in problems)
-        if message != self.reported_problems:
-            kube.event(body, reason="InvalidSpec", message=message, warning=True)
-            self.reported_problems = message
-        budget = (body.get("spec") or {}).get("budget")
-        total = budget.get("trials") if isinstance(budget, dict) else None
-        kube.patch_status(self.namespace, self.name, st.render(st.Facts(
-            Phase.FAILED, f"invalid spec: {message}", total if isinstance(total, int) else 0, generation,
-            conditions=[st.ConditionUpdate(st.VALIDATED, False, st.REASON_INVALID, message)],
-        ), raw_status.get("conditions", [])))
-
-    def step(self, body: dict[str, Any], spec: HpoStudySpec, pods: list[PodSummary], jobs: list[JobSummary],
-             generation: int | None, raw_status: dict[str, Any]) -> None:
-        assert self.store is not None
-        store = self.store
-        now = datetime.datetime.now(datetime.UTC)
-        started_at = raw_status.get("startedAt") or st.now()
-        live = {p.trial for p in pods if not p.terminal}
-        running = store.running()
-        counts = store.counts()
-        ended, end_reason = self.ended(spec, counts.failed, started_at, now)
-        stopping = spec.suspend or (ended and spec.end_policy is EndPolicy.KILL)
-
-        latest_jobs = _latest(jobs)
-        latest_pods = _latest_pods(pods)
-        attempts: dict[int, int] = {}
-        for trial in running:
-            job = latest_jobs.get(trial.number)
-            attempts[trial.number] = job.attempt if job else len(trial.outcomes)
-            if stopping:
-                if job is not None:
-                    kube.delete_job(self.namespace, job.name)
-                if ended and trial.number not in live:
-                    store.fail(trial.number, f"stopped: the study ended ({end_reason})")
+                if reference.kind == "Secret":
+                    keys = kube.secret_keys(self.namespace, reference.name)
+                    problem = validation.missing_reference(reference, self.namespace, keys is not None,
+                                                           keys or frozenset())
+                else:
+                    problem = validation.missing_reference(reference, self.namespace,
+                                                           kube.claim_exists(self.namespace, reference.name))
+            except Exception as error:  # no permission (an older chart's RBAC), the API away: not checked
+                self.logger.warning(f"cannot check {reference.field} ({reference.kind} {reference.name}): "
+                                    f"{type(error).__name__}: {redact(str(error))[:300]}")
                 continue
-            self.settle(body, spec, store, trial, job, latest_pods.get(trial.number), live, ended, now)
+            if problem is not None:
+                missing.append(problem)
+        if missing:
+            return missing, st.REASON_REFERENCE_MISSING
+        if self.dry_run_unavailable:
+            return [], st.REASON_VALID
+        ref = dispatch.TrialRef(self.namespace, self.name, self.name, self.secret_name)
+        assignment = dispatch.assignment(spec, ref, 0, 0, search.sampler_config(spec, 0), search.pruner_config(spec))
+        job = dispatch.build_job(spec, ref, 0, 0, assignment, self.settings.trial_image)
+        try:
+            refused = kube.dry_run_job(job)
+        except Exception as error:  # the check is a courtesy: without it, the first real Job tells
+            self.dry_run_unavailable = True
+            self.logger.warning(f"cannot dry-run the trial Job, so the API server checks the template at the "
+                                f"first trial: {type(error).__name__}: {redact(str(error))[:300]}")
+            return [], st.REASON_VALID
+        return (validation.api_problems(refused), st.REASON_INVALID) if refused is not None else ([],
+                                                                                                   st.REASON_VALID)
 
-        if not (stopping or ended or self.stalled(spec, counts.failed)):
-            self.dispatch(body, spec, store, len({r.number for r in running} | live), counts.created)
-        self.clean_up(jobs, {r.number for r in running}, live)  # after dispatch: a freed slot waits for nothing
+    def open(self, body: dict[str, Any], spec: HpoStudySpec) -> StudyStore:
+        """The study's storage: provisioned on the first pass after each operator start, then kept open."""
+        if self.store is not None:
+            return self.store
+        if self.provisioned is None:
+            self.provisioned = provisioning.provision(self.settings, self.namespace, self.name, spec, body)
+        self.store = StudyStore(self.provisioned.url, self.provisioned.connect_args, self.name)
+        return self.store
+
+    def step(self, body: dict[str, Any], study: Observed, previous: dict[str, Any], spec: HpoStudySpec,
+             store: StudyStore, pods: list[PodSummary], jobs: list[JobSummary]) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        started_at = previous.get("startedAt") or st.now()
+        parallelism = dispatch.parallelism(spec.budget.parallelism, spec.budget.trials, self.settings.max_parallelism)
+        spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"parallelism": parallelism.value})})
+        store.enqueue_warm_start(spec)
+        counts = store.counts()
+        end = st.end_of_study(counts.failed, spec.budget.max_failed_trials, started_at, spec.budget.deadline_seconds,
+                              now)
+        rules = outcomes.Rules(
+            retries=spec.budget.retries_per_trial, max_preemptions=spec.budget.max_preemptions_per_trial,
+            start_timeout=spec.budget.start_timeout_seconds, lost_after=self.settings.trial_lost_seconds,
+            ended=end is not None, stopping=spec.suspend or (end is not None and spec.end_policy is EndPolicy.KILL),
+            end_reason=end.message if end else "")
+
+        latest = _latest_attempts(jobs, pods)
+        self.refused = ""
+        decisions: dict[int, Decision] = {}
+        for trial in store.running():
+            job, pod = latest.get(trial.number, (None, None))
+            decision = outcomes.decide(TrialView(trial.number, trial.outcomes, trial.heartbeat_age, job, pod),
+                                       rules, now)
+            self.carry_out(body, spec, store, trial, job, decision)
+            decisions[trial.number] = decision
+
+        waiting = {n for n, d in decisions.items() if d.waiting is not None or d.action in STARTS}
+        waiting_reason = min((d for d in decisions.values() if d.waiting is not None),
+                             key=lambda d: WAITING_ORDER.index(d.waiting or outcomes.Waiting.STARTING), default=None)
+        live = {n for n, (_, pod) in latest.items() if pod is not None and outcomes.holds_slot(pod, now)}
+        occupied = len(set(decisions) | live)
+        plan = dispatch.Plan(0)
+        blocked: tuple[str, str] | None = None
+        if not (rules.stopping or rules.ended) and not self.refused:
+            plan = dispatch.plan(parallelism.value, occupied, counts.created, spec.budget.trials,
+                                 len(waiting), self.settings.max_waiting_trials)
+            started, sampler_error = self.dispatch(body, spec, store, plan.count, counts.created + counts.queued)
+            waiting |= set(started)
+            blocked = (st.REASON_SAMPLER_ERROR, sampler_error) if sampler_error else None
+        if self.refused:
+            blocked = (st.REASON_JOB_REFUSED, self.refused)
+        self.clean_up(jobs, set(decisions), live)  # after dispatch: a freed slot waits for nothing
 
         counts = store.counts()
         running = store.running()
-        phase, message, conditions = self.phase(spec, counts, ended, end_reason, bool(live), bool(running))
-        self.write_status(body, spec, raw_status, st.Facts(
-            phase, message, spec.budget.trials, generation, counts=counts, running=running, attempts=attempts,
-            conditions=conditions, optuna_study=self.name, started_at=started_at))
+        numbers = {r.number for r in running}
+        waiting &= numbers
+        verdict = st.decide(st.Progress(
+            total=spec.budget.trials, counts=counts, busy=bool(numbers or live), waiting=len(waiting),
+            suspend=spec.suspend, end=end, parallelism_capped=parallelism.capped, paced=plan.paced,
+            waiting_reason=waiting_reason.waiting if waiting_reason else None,
+            waiting_message=waiting_reason.reason if waiting_reason else "", blocked=blocked,
+            database_message=f"Optuna study {self.name} in database "
+                             f"{self.provisioned.database if self.provisioned else '?'}"))
+        attempts = {n: d.attempt for n, d in decisions.items()}
+        facts = st.Facts(verdict, spec.budget.trials, study.generation, counts=counts, waiting=len(waiting),
+                         parallelism=parallelism.value, running=running, attempts=attempts,
+                         optuna_study=self.name, started_at=started_at,
+                         checkpoint=self.checkpoint(spec, counts.finished, previous.get("checkpoint")))
+        self.best_trials(spec, store, facts, previous)
+        for state, count in (("complete", counts.complete), ("pruned", counts.pruned), ("failed", counts.failed),
+                             ("running", counts.running)):
+            metrics.STUDY_TRIALS.labels(self.namespace, self.name, state).set(count)
+        self.previous_running = numbers
+        self.write(study, previous, facts)
+        if verdict.phase.value in TERMINAL and not (numbers or live) and _finished(verdict):
+            self.idle_generation = study.generation
+            self.close()
 
-    def ended(self, spec: HpoStudySpec, failed: int, started_at: str, now: datetime.datetime) -> tuple[bool, str]:
-        if self.stalled(spec, failed):
-            return True, "too many failed trials"
-        if spec.budget.deadline_seconds:
-            started = datetime.datetime.fromisoformat(started_at.replace("Z", "+00:00"))
-            if (now - started).total_seconds() > spec.budget.deadline_seconds:
-                return True, "spec.budget.deadlineSeconds reached"
-        return False, ""
+    # -- carrying out decisions ---------------------------------------------------------------------
 
-    @staticmethod
-    def stalled(spec: HpoStudySpec, failed: int) -> bool:
-        limit = spec.budget.max_failed_trials
-        return limit is not None and failed > limit
-
-    def settle(self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, trial: RunningTrial,
-               job: JobSummary | None, pod: PodSummary | None, live: set[int], ended: bool,
-               now: datetime.datetime) -> None:
-        """Decide about a RUNNING trial whose latest attempt may have ended."""
-        if job is None:
-            if trial.number not in live:  # asked but never given a Job, or its Job went away: run it
-                self.start_attempt(body, spec, store, trial.number, trial.trial_id, len(trial.outcomes))
+    def carry_out(self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, trial: RunningTrial,
+                  job: JobSummary | None, decision: Decision) -> None:
+        number, action = trial.number, decision.action
+        if action is Action.WAIT:
             return
-        verdict = self.verdict(spec, job, pod, now)
-        if verdict.outcome is Outcome.ACTIVE:
-            return
-        if verdict.outcome is Outcome.SUCCEEDED:  # exited 0 yet the trial is still RUNNING
-            verdict = Verdict(Outcome.CRASHED, "the trial pod exited 0 without reporting a result to Optuna")
-        outcomes = store.record_outcome(trial, job.attempt, verdict.outcome.value)
-        crashes = outcomes.count(Outcome.CRASHED.value)
-        if verdict.outcome is Outcome.PREEMPTED and not ended:
+        if decision.delete_job and job is not None:
             kube.delete_job(self.namespace, job.name)
-            kube.event(body, reason="TrialRequeued", message=f"trial {trial.number}: {verdict.reason}; "
-                                                           "running it again from its checkpoint")
-            self.start_attempt(body, spec, store, trial.number, trial.trial_id, job.attempt + 1)
-        elif verdict.outcome is Outcome.CRASHED and crashes <= spec.budget.retries_per_trial and not ended:
-            kube.event(body, reason="TrialRetried", warning=True,
-                       message=f"trial {trial.number} attempt {job.attempt}: {verdict.reason}; "
-                               f"retry {crashes} of {spec.budget.retries_per_trial}")
-            self.start_attempt(body, spec, store, trial.number, trial.trial_id, job.attempt + 1)
-        else:
-            if verdict.outcome is Outcome.NEVER_STARTED:
-                kube.delete_job(self.namespace, job.name)
-            store.fail(trial.number, verdict.reason)
+        if action is Action.STOP:
+            if decision.fail:
+                store.fail(number, decision.reason)
+            return
+        if decision.record is not None:
+            ended = decision.attempt - 1 if action in (Action.REQUEUE, Action.RETRY) else decision.attempt
+            store.record_outcome(trial, ended, decision.record.value)
+        if action is Action.FAIL:
+            store.fail(number, decision.reason)
             metrics.TRIALS.labels(state="failed").inc()
-            kube.event(body, reason="TrialFailed", message=f"trial {trial.number}: {verdict.reason}", warning=True)
-
-    def verdict(self, spec: HpoStudySpec, job: JobSummary, pod: PodSummary | None,
-                now: datetime.datetime) -> Verdict:
-        if pod is not None and pod.attempt == job.attempt:
-            return classify(pod, now, spec.budget.start_timeout_seconds)
-        if job.failed:
-            return Verdict(Outcome.PREEMPTED, "the trial pod was removed")
-        timeout = spec.budget.start_timeout_seconds
-        if (now - job.created).total_seconds() > timeout:
-            why = job.message or "see the Job's events"
-            return Verdict(Outcome.NEVER_STARTED, f"the Job made no pod within {timeout}s: {why}")
-        return Verdict(Outcome.ACTIVE)
+            self.event("TrialFailed", f"trial {number}: {decision.reason}", warning=True)
+            return
+        if not self.start_attempt(body, spec, store, number, trial.trial_id, decision.attempt):
+            return
+        if action is Action.REQUEUE:
+            self.event("TrialRequeued", f"trial {number}: {decision.reason}; running it again (attempt "
+                                        f"{decision.attempt}) from its checkpoint")
+        elif action is Action.RETRY:
+            self.event("TrialRetried", f"trial {number} attempt {decision.attempt - 1}: {decision.reason}",
+                       warning=True)
 
     def start_attempt(self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, number: int,
-                      trial_id: int, attempt: int) -> None:
-        ref = dispatch.TrialRef(self.namespace, self.name, self.name, self.secret_name, self.storage_tls)
-        assignment = dispatch.assignment(spec, ref, number, trial_id, search.sampler_config(spec),
-                                         search.pruner_config(spec))
+                      trial_id: int, attempt: int) -> bool:
+        """Fence earlier attempts, then create this attempt's Job; False if the trial finished meanwhile."""
+        if not store.begin_attempt(trial_id, number, attempt, check=attempt > 0):
+            self.logger.info(f"trial {number} finished before its attempt {attempt} started")
+            return False
+        ref = dispatch.TrialRef(self.namespace, self.name, self.name, self.secret_name,
+                                self.provisioned.tls if self.provisioned else False)
+        assignment = dispatch.assignment(spec, ref, number, trial_id, search.sampler_config(spec, number),
+                                         search.pruner_config(spec), attempt=attempt)
         job = dispatch.build_job(spec, ref, number, attempt, assignment, self.settings.trial_image)
         job["metadata"]["annotations"] = {DISPATCHED_AT_ANNOTATION: st.now_precise()}
-        kube.create_owned(job, owner=body)
+        try:
+            kube.create_owned(job, owner=body)
+        except ApiException as error:
+            self.refused = (f"the API server refused trial {number}'s Job {job['metadata']['name']}: "
+                            f"{_api_message(error)}; retrying at the next pass")
+            self.logger.warning(self.refused)
+            return False
         self.logger.info(f"trial {number} attempt {attempt}: created Job {job['metadata']['name']}")
+        return True
 
-    def dispatch(self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, occupied: int,
-                 created: int) -> None:
+    def dispatch(self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, count: int,
+                 next_number: int) -> tuple[list[int], str]:
+        """Ask for and start ``count`` new trials; the trials started, and the sampler's error if it raised."""
         declared = search.distributions(spec)
-        for _ in range(dispatch.free_slots(spec.budget.parallelism, occupied, created, spec.budget.trials)):
+        started: list[int] = []
+        for _ in range(count):
             with metrics.DISPATCH_LATENCY.time():
-                trial = store.ask(spec, declared)
-                self.start_attempt(body, spec, store, trial.number, trial._trial_id, 0)
+                try:
+                    trial = store.ask(spec, declared)
+                except DATABASE_ERRORS:
+                    raise
+                except Exception as error:  # the sampler, not the database: say so, and try again next pass
+                    reason = f"the {spec.sampler.name.value} sampler raised {type(error).__name__}: {error}"
+                    failed = store.fail_asked_from(next_number + len(started), reason)
+                    self.logger.warning(f"{reason} (failed the half-made trial(s) {failed})")
+                    return started, f"{reason}; retrying at the next pass"
+                if not self.start_attempt(body, spec, store, trial.number, trial._trial_id, 0) and self.refused:
+                    return started, ""  # it stays RUNNING without a Job: the next pass tries again
+            started.append(trial.number)
             metrics.TRIALS.labels(state="started").inc()
-            kube.event(body, reason="TrialStarted", message=f"trial {trial.number}: {trial.params}")
+            self.event("TrialStarted", f"trial {trial.number}: {trial.params}")
+        return started, ""
 
     def clean_up(self, jobs: list[JobSummary], running: set[int], live: set[int]) -> None:
         """Delete Jobs of finished trials once their pods ended; keep the last few failed attempts."""
@@ -328,73 +387,43 @@ class StudyLoop:
             if job.name not in keep:
                 kube.delete_job(self.namespace, job.name)
 
-    def phase(self, spec: HpoStudySpec, counts: Any, ended: bool, end_reason: str, live: bool,
-              running: bool) -> tuple[Phase, str, list[st.ConditionUpdate]]:
-        conditions = [st.ConditionUpdate(st.VALIDATED, True, st.REASON_VALID),
-                      st.ConditionUpdate(st.DATABASE_READY, True, st.REASON_PROVISIONED)]
-        busy = live or running
-        if self.stalled(spec, counts.failed):  # counts are fresh: this pass may have failed the last straw
-            reason = f"{counts.failed} trials failed, more than spec.budget.maxFailedTrials"
-            conditions.append(st.ConditionUpdate(st.PROGRESSING, busy, st.REASON_TOO_MANY_FAILURES, reason))
-            return Phase.FAILED, reason, conditions
-        if spec.suspend:
-            conditions.append(st.ConditionUpdate(st.PROGRESSING, False, st.REASON_SUSPENDED, "spec.suspend is true"))
-            return Phase.SUSPENDED, "suspended" + (": stopping running trials" if live else ""), conditions
-        if busy or (counts.created < spec.budget.trials and not ended):
-            reason = st.REASON_DRAINING if ended else st.REASON_DISPATCHING
-            conditions.append(st.ConditionUpdate(st.PROGRESSING, True, reason, end_reason))
-            return Phase.RUNNING, end_reason or f"{counts.finished} of {spec.budget.trials} trials finished", conditions
-        reason = st.REASON_DEADLINE if ended else st.REASON_BUDGET_SPENT
-        conditions.append(st.ConditionUpdate(st.PROGRESSING, False, reason, end_reason))
-        conditions.append(st.ConditionUpdate(st.FINISHED, True, reason, end_reason))
-        return Phase.SUCCEEDED, end_reason or f"all {spec.budget.trials} trials finished", conditions
+    # -- writing -----------------------------------------------------------------------------------
 
-    def write_status(self, body: dict[str, Any], spec: HpoStudySpec, raw_status: dict[str, Any],
-                     facts: st.Facts) -> None:
-        """Add the best trial (or Pareto front) and checkpoint record, post Events, write if changed."""
-        assert self.store is not None
-        counts, running, phase, message = facts.counts, facts.running, facts.phase, facts.message
-        multi = len(spec.objective.directions) > 1
-        if multi:
-            facts.pareto = self.update_pareto(spec, running)
-        else:
-            facts.best = self.update_best(body, counts.complete, raw_status.get("bestTrial") is None)
-        facts.checkpoint = self.checkpoint(spec, counts.finished, raw_status.get("checkpoint"))
-        if phase is Phase.SUCCEEDED and raw_status.get("phase") != Phase.SUCCEEDED.value:
-            kube.event(body, reason="StudyFinished", message=message)
-        metrics.STUDY_TRIALS.labels(self.namespace, self.name, "complete").set(counts.complete)
-        metrics.STUDY_TRIALS.labels(self.namespace, self.name, "pruned").set(counts.pruned)
-        metrics.STUDY_TRIALS.labels(self.namespace, self.name, "failed").set(counts.failed)
-        metrics.STUDY_TRIALS.labels(self.namespace, self.name, "running").set(counts.running)
-        self.previous_running = {r.number for r in running}
-        patch = st.render(facts, raw_status.get("conditions", []))
-        if patch != self.last_status:
+    def write(self, study: Observed, previous: dict[str, Any], facts: st.Facts) -> None:
+        """Write the status if it changed, and post the Events its transitions call for (each once)."""
+        patch = st.render(facts, previous.get("conditions") or [])
+        after = {**previous, **patch}
+        if self.written is None or any(self.written.get(key) != value for key, value in patch.items()):
             kube.patch_status(self.namespace, self.name, patch)
-            self.last_status = patch
+        for note in st.transitions(previous, after):
+            self.event(note.reason, note.message, note.warning)
+        self.written = after
 
-    def update_best(self, body: dict[str, Any], complete: int, unrecorded: bool) -> FinishedTrial | None:
-        """The best trial, read again only when more trials are COMPLETE; a NewBest Event when it changes."""
-        assert self.store is not None
-        if complete == self.best_as_of:
-            return self.best
-        best = self.store.best()
-        changed = best is not None and (self.best is None or best.number != self.best.number)
-        if best is not None and changed and (self.best is not None or unrecorded):  # not again after a restart
-            kube.event(body, reason="NewBest", message=f"trial {best.number}: value {best.values[0]!r} {best.params}")
-        self.best, self.best_as_of = best, complete
-        return best
+    def best_trials(self, spec: HpoStudySpec, store: StudyStore, facts: st.Facts, previous: dict[str, Any]) -> None:
+        """The best trial (single objective) or the Pareto front, read again only when more trials are COMPLETE."""
+        assert facts.counts is not None
+        if len(spec.objective.directions) > 1:
+            facts.pareto = self.update_pareto(spec, store, facts.running)
+            return
+        complete = facts.counts.complete
+        if complete != self.best_as_of:
+            best = store.best()
+            known = self.best or _recorded_best(previous)
+            if best is not None and (known is None or best.number != known.number):
+                self.event("NewBest", f"trial {best.number}: value {best.values[0]!r} {best.params}")
+            self.best, self.best_as_of = best, complete
+        facts.best = self.best
 
-    def update_pareto(self, spec: HpoStudySpec, running: list[RunningTrial]) -> list[FinishedTrial]:
+    def update_pareto(self, spec: HpoStudySpec, store: StudyStore, running: list[RunningTrial]) -> list[FinishedTrial]:
         """Keep the Pareto front incrementally: read only the trials that finished since the last pass."""
-        assert self.store is not None
         minimize = [d.value == "minimize" for d in spec.objective.directions]
         if self.pareto is None:
-            candidates = self.store.complete_values()
+            candidates = store.complete_values()
         else:
             finished = self.previous_running - {r.number for r in running}
-            candidates = self.pareto + [t for n in finished if (t := self.store.finished_trial(n)) is not None]
+            candidates = self.pareto + [t for n in finished if (t := store.finished_trial(n)) is not None]
         front = pareto_front(candidates, minimize)
-        self.pareto = [t if t.params else (self.store.finished_trial(t.number) or t) for t in front]
+        self.pareto = [t if t.params else (store.finished_trial(t.number) or t) for t in front]
         return sorted(self.pareto, key=lambda t: t.number)
 
     @staticmethod
@@ -407,18 +436,64 @@ class StudyLoop:
         return previous
 
 
-def _latest(jobs: list[JobSummary]) -> dict[int, JobSummary]:
-    latest: dict[int, JobSummary] = {}
-    for job in jobs:
-        if job.trial not in latest or job.attempt > latest[job.trial].attempt:
-            latest[job.trial] = job
-    return latest
-
-
-def _latest_pods(pods: list[PodSummary]) -> dict[int, PodSummary]:
-    latest: dict[int, PodSummary] = {}
+def _latest_attempts(jobs: list[JobSummary], pods: list[PodSummary]
+                     ) -> dict[int, tuple[JobSummary | None, PodSummary | None]]:
+    """Per trial, its latest attempt's Job and pod (the newest pod of that attempt); either may be missing."""
+    attempt: dict[int, int] = {}
+    for trial, number in [(j.trial, j.attempt) for j in jobs] + [(p.trial, p.attempt) for p in pods]:
+        attempt[trial] = max(attempt.get(trial, -1), number)
+    job_of = {(j.trial, j.attempt): j for j in jobs}
+    pod_of: dict[tuple[int, int], PodSummary] = {}
     for pod in pods:
-        current = latest.get(pod.trial)
-        if current is None or (pod.attempt, pod.created) > (current.attempt, current.created):
-            latest[pod.trial] = pod
-    return latest
+        current = pod_of.get((pod.trial, pod.attempt))
+        if current is None or pod.created > current.created:
+            pod_of[(pod.trial, pod.attempt)] = pod
+    return {trial: (job_of.get((trial, number)), pod_of.get((trial, number))) for trial, number in attempt.items()}
+
+
+def _listed(problems: list[validation.Problem], most: int = 10) -> str:
+    """The problems in one message, the first ``most`` of them (a condition and an Event stay readable)."""
+    shown = "; ".join(map(str, problems[:most]))
+    return shown + (f"; and {len(problems) - most} more" if len(problems) > most else "")
+
+
+def _total(raw_spec: object) -> int:
+    budget = raw_spec.get("budget") if isinstance(raw_spec, dict) else None
+    total = budget.get("trials") if isinstance(budget, dict) else None
+    return total if isinstance(total, int) and not isinstance(total, bool) else 0
+
+
+def _condition(status: dict[str, Any], kind: str) -> str | None:
+    for condition in status.get("conditions") or []:
+        if isinstance(condition, dict) and condition.get("type") == kind:
+            return str(condition.get("status"))
+    return None
+
+
+def _finished(verdict: st.Verdict) -> bool:
+    return any(c.type == st.FINISHED and c.status for c in verdict.conditions)
+
+
+def _recorded_best(status: dict[str, Any]) -> FinishedTrial | None:
+    best = status.get("bestTrial")
+    if isinstance(best, dict) and isinstance(best.get("number"), int):
+        return FinishedTrial(best["number"], ())
+    return None
+
+
+def _api_message(error: ApiException) -> str:
+    """The API server's own words for a refusal (its Status message), else the HTTP reason."""
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return redact(str(message or f"{error.status} {error.reason}"))[:500]
+
+
+def _driver_message(error: BaseException) -> str:
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.orig is not None:
+            return redact(" ".join(str(arg) for arg in current.orig.args) or type(current.orig).__name__)
+        current = current.__cause__ or current.__context__
+    return redact(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")

@@ -25,6 +25,21 @@ def _list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
+def _number(env: dict[str, str] | os._Environ[str], name: str, default: float, minimum: float,
+            kind: type[int] | type[float] = int) -> float:
+    """A numeric setting, or SettingsError naming the variable and what it must be."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise SettingsError(f"{name}={text!r}: must be {'an integer' if kind is int else 'a number'}") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={text}: must be at least {minimum:g}")
+    return value
+
+
 def tls_from(mode: str, ca_file: str) -> Tls:
     """The default server's TLS from `HPO_MYSQL_TLS` and `HPO_MYSQL_TLS_CA`."""
     mode = mode.strip().lower() or "disabled"
@@ -56,6 +71,16 @@ class Settings:
     metrics_port: int = 9090
     resync_seconds: float = 10.0
     kept_failed_jobs: int = 3
+    max_parallelism: int = 256
+    """HPO_MAX_PARALLELISM: no study runs more trials at once, whatever its spec.budget.parallelism."""
+    max_waiting_trials: int = 16
+    """HPO_MAX_WAITING_TRIALS: a study dispatches no new trial while this many of its trial pods have not started."""
+    max_grid_points: int = 100_000
+    """HPO_MAX_GRID_POINTS: a grid sampler's points (product of each parameter's values) beyond this are refused."""
+    trial_lost_seconds: float = 120.0
+    """HPO_TRIAL_LOST_SECONDS: a trial whose pod is unreachable and whose heartbeat is older than this is requeued."""
+    delete_timeout_seconds: float = 120.0
+    """HPO_DELETE_TIMEOUT_SECONDS: how long deleting a study retries dropping its database before giving up."""
 
     @property
     def default_server(self) -> Server:
@@ -74,7 +99,7 @@ class Settings:
         env = os.environ
         return cls(
             mysql_host=env.get("HPO_MYSQL_HOST", cls.mysql_host),
-            mysql_port=int(env.get("HPO_MYSQL_PORT", cls.mysql_port)),
+            mysql_port=int(_number(env, "HPO_MYSQL_PORT", cls.mysql_port, 1)),
             mysql_user=env.get("HPO_MYSQL_USER", ""),
             mysql_password=env.get("HPO_MYSQL_PASSWORD", ""),
             mysql_tls=tls_from(env.get("HPO_MYSQL_TLS", ""), env.get("HPO_MYSQL_TLS_CA", "")),
@@ -83,6 +108,11 @@ class Settings:
             operator_namespace=env.get("HPO_OPERATOR_NAMESPACE", ""),
             storage_hosts=_list(env.get("HPO_STORAGE_HOSTS", "")),
             trial_service_accounts=_list(env.get("HPO_TRIAL_SERVICE_ACCOUNTS", "")),
-            metrics_port=int(env.get("HPO_METRICS_PORT", cls.metrics_port)),
-            resync_seconds=float(env.get("HPO_RESYNC_SECONDS", cls.resync_seconds)),
+            metrics_port=int(_number(env, "HPO_METRICS_PORT", cls.metrics_port, 1)),
+            resync_seconds=_number(env, "HPO_RESYNC_SECONDS", cls.resync_seconds, 0.1, float),
+            max_parallelism=int(_number(env, "HPO_MAX_PARALLELISM", cls.max_parallelism, 1)),
+            max_waiting_trials=int(_number(env, "HPO_MAX_WAITING_TRIALS", cls.max_waiting_trials, 1)),
+            max_grid_points=int(_number(env, "HPO_MAX_GRID_POINTS", cls.max_grid_points, 1)),
+            trial_lost_seconds=_number(env, "HPO_TRIAL_LOST_SECONDS", cls.trial_lost_seconds, 30, float),
+            delete_timeout_seconds=_number(env, "HPO_DELETE_TIMEOUT_SECONDS", cls.delete_timeout_seconds, 0, float),
         )

@@ -22,10 +22,11 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from hpo_operator import metrics, search
+from hpo_operator.contract import ATTEMPT_ATTR, CHECKPOINT_ATTR, FAIL_REASON_ATTR
 from hpo_operator.models import HpoStudySpec
 
-CHECKPOINT_ATTR = "checkpoint"  # {"path": ..., "step": ...}, set by hpo-trial at every save
 OUTCOMES_ATTR = "hpo:outcomes"  # per trial: the verdict of each attempt, so retries survive restarts
+WARM_START_ATTR = "hpo:warm_start_enqueued"  # per study: how many warm-start sets are queued (True: all, formerly)
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Counts:
     complete: int = 0
     pruned: int = 0
     failed: int = 0
-    waiting: int = 0
+    queued: int = 0  # Optuna's WAITING: enqueued (warm start), not yet asked
 
     @property
     def finished(self) -> int:
@@ -53,6 +54,7 @@ class RunningTrial:
     checkpoint_path: str | None = None
     checkpoint_step: int | None = None
     outcomes: tuple[str, ...] = ()  # the verdict of each earlier attempt
+    heartbeat_age: float | None = None  # seconds since its pod last recorded a heartbeat (database clock)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,25 @@ class FinishedTrial:
     number: int
     values: tuple[float, ...]
     params: dict[str, Any] = field(default_factory=dict)
+
+
+def advance_attempt(storage: RDBStorage, trial_id: int, attempt: int) -> None:
+    """Name ``attempt`` as the one that may report the trial (`ATTEMPT_ATTR`): the fence of earlier attempts.
+
+    A pod tells its outcome holding this row locked (`hpo_trial.attach.fence`) and only if it still
+    names its own attempt, so this write waits for a tell in progress and, once done, refuses every
+    later one of an earlier attempt. It is a plain UPDATE of the row: Optuna's upsert would also
+    share-lock the trial's row (a foreign-key check), which the pod's tell needs while it holds this
+    one. The first write of a trial (its attempt 0, before any pod exists) inserts the row.
+    """
+    value = json.dumps(attempt)
+    with storage.engine.begin() as connection:
+        updated = connection.execute(
+            sqlalchemy.text("UPDATE trial_system_attributes SET value_json = :value "
+                            "WHERE trial_id = :trial_id AND `key` = :key"),
+            {"value": value, "trial_id": trial_id, "key": ATTEMPT_ATTR}).rowcount
+    if not updated:
+        storage.set_trial_system_attr(trial_id, ATTEMPT_ATTR, attempt)
 
 
 def open_storage(url: str, connect_args: dict[str, Any]) -> RDBStorage:
@@ -92,20 +113,31 @@ class StudyStore:
 
     @staticmethod
     def create(url: str, connect_args: dict[str, Any], study_name: str, spec: HpoStudySpec) -> None:
-        """Create the Optuna study (idempotent) and queue the warm-start parameter sets once."""
+        """Create the Optuna study (idempotent)."""
         storage = open_storage(url, connect_args)
         try:
             study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
                                         directions=[d.value for d in spec.objective.directions])
             if spec.objective.metrics and study.metric_names is None:
                 study.set_metric_names(spec.objective.metrics)
-            study_id = storage.get_study_id_from_name(study_name)
-            if spec.warm_start and not storage.get_study_system_attrs(study_id).get("hpo:warm_start_enqueued"):
-                for params in spec.warm_start:
-                    study.enqueue_trial(params, skip_if_exists=True)
-                storage.set_study_system_attr(study_id, "hpo:warm_start_enqueued", True)
         finally:
             storage.engine.dispose()
+
+    def enqueue_warm_start(self, spec: HpoStudySpec) -> int:
+        """Queue the warm-start sets the budget has room for, each once; how many are queued in all.
+
+        Sets beyond `budget.trials` are not queued (they would stay WAITING for ever); raising the
+        budget later queues them then.
+        """
+        wanted = min(len(spec.warm_start), spec.budget.trials)
+        done = self.storage.get_study_system_attrs(self.study_id).get(WARM_START_ATTR, 0)
+        done = len(spec.warm_start) if done is True else int(done or 0)
+        if wanted > done:
+            study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+            for params in spec.warm_start[done:wanted]:
+                study.enqueue_trial(params, skip_if_exists=True)
+            self.storage.set_study_system_attr(self.study_id, WARM_START_ATTR, wanted)
+        return max(done, wanted)
 
     def study(self, spec: HpoStudySpec) -> optuna.Study:
         """The optuna.Study used to ask, rebuilt when the spec's sampler changes."""
@@ -129,23 +161,26 @@ class StudyStore:
         by_state = {str(state): int(n) for state, n in rows}
         return Counts(running=by_state.get("RUNNING", 0), complete=by_state.get("COMPLETE", 0),
                       pruned=by_state.get("PRUNED", 0), failed=by_state.get("FAIL", 0),
-                      waiting=by_state.get("WAITING", 0))
+                      queued=by_state.get("WAITING", 0))
 
     def running(self) -> list[RunningTrial]:
         """RUNNING trials with the checkpoint each last reported and their attempts' outcomes (at most M rows)."""
         rows = self._query(
-            "SELECT t.trial_id, t.number, a.value_json, o.value_json FROM trials t "
+            "SELECT t.trial_id, t.number, a.value_json, o.value_json, TIMESTAMPDIFF(SECOND, h.heartbeat, NOW()) "
+            "FROM trials t "
             "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.`key` = :checkpoint "
             "LEFT JOIN trial_system_attributes o ON o.trial_id = t.trial_id AND o.`key` = :outcomes "
+            "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
             "WHERE t.study_id = :study_id AND t.state = 'RUNNING' ORDER BY t.number",
             checkpoint=CHECKPOINT_ATTR, outcomes=OUTCOMES_ATTR,
         )
         trials = []
-        for trial_id, number, checkpoint_json, outcomes_json in rows:
+        for trial_id, number, checkpoint_json, outcomes_json, heartbeat_age in rows:
             checkpoint = json.loads(checkpoint_json) if checkpoint_json else {}
             trials.append(RunningTrial(trial_id=trial_id, number=number, checkpoint_path=checkpoint.get("path"),
                                        checkpoint_step=checkpoint.get("step"),
-                                       outcomes=tuple(json.loads(outcomes_json)) if outcomes_json else ()))
+                                       outcomes=tuple(json.loads(outcomes_json)) if outcomes_json else (),
+                                       heartbeat_age=None if heartbeat_age is None else float(heartbeat_age)))
         return trials
 
     def state_of(self, number: int) -> TrialState | None:
@@ -187,6 +222,26 @@ class StudyStore:
         metrics.ASK_CPU.inc(time.thread_time() - cpu_start)
         return trial
 
+    def begin_attempt(self, trial_id: int, number: int, attempt: int, check: bool = False) -> bool:
+        """Name ``attempt`` the one that may report the trial (fencing earlier ones); False if the trial finished.
+
+        With ``check``, the trial's state is read again after the fence: an earlier attempt that was
+        thought lost may have told its outcome just before (the fence waits for a tell in progress).
+        """
+        try:
+            advance_attempt(self.storage, trial_id, attempt)
+        except RuntimeError:  # Optuna refuses to write a finished trial's attributes
+            return False
+        return not check or self.state_of(number) is TrialState.RUNNING
+
+    def fail_asked_from(self, number: int, reason: str) -> list[int]:
+        """Fail the RUNNING trials numbered ``number`` and above: an ask that raised left them half made."""
+        rows = self._query("SELECT number FROM trials WHERE study_id = :study_id AND state = 'RUNNING' "
+                           "AND number >= :number", number=number)
+        for (found,) in rows:
+            self.fail(int(found), reason)
+        return [int(found) for (found,) in rows]
+
     def record_outcome(self, trial: RunningTrial, attempt: int, outcome: str) -> list[str]:
         """Record attempt `attempt`'s outcome (idempotent: a repeated pass rewrites the same slot)."""
         outcomes = list(trial.outcomes)
@@ -198,8 +253,8 @@ class StudyStore:
     def fail(self, number: int, reason: str) -> None:
         """Mark a trial FAIL with its reason, unless its pod already told a result."""
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
-        self.storage.set_trial_user_attr(trial_id, "failure_reason", reason[:1000])
         with contextlib.suppress(RuntimeError):  # already finished: the pod's own result stands
+            self.storage.set_trial_system_attr(trial_id, FAIL_REASON_ATTR, reason[:1000])
             self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 

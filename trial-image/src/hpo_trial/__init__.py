@@ -9,7 +9,13 @@ trial resume from its last saved step when its pod is lost.
 from __future__ import annotations
 
 from hpo_trial.checkpoint import Checkpoint, checkpoint
-from hpo_trial.errors import ConfigurationError, HpoTrialError, ObjectiveError, StorageUnavailableError
+from hpo_trial.errors import (
+    ConfigurationError,
+    HpoTrialError,
+    ObjectiveError,
+    StorageUnavailableError,
+    SupersededError,
+)
 
 __all__ = [
     "Checkpoint",
@@ -17,5 +23,6 @@ __all__ = [
     "HpoTrialError",
     "ObjectiveError",
     "StorageUnavailableError",
+    "SupersededError",
     "checkpoint",
 ]

@@ -12,19 +12,16 @@ import logging
 import os
 import sys
 
+from hpo_trial.contract import ASSIGNMENT_ENV, OBJECTIVE_ENV, QUICK_SCAN_ENV, STORAGE_URL_ENV, TERMINATION_LOG_ENV
 from hpo_trial.interrupt import SignalGuard
 from hpo_trial.logs import configure_logging
-from hpo_trial.objective import OBJECTIVE_ENV
 from hpo_trial.outcome import DEFAULT_TERMINATION_LOG, write_termination_message
-from hpo_trial.runtime import QUICK_SCAN_ENV, Settings, run
+from hpo_trial.runtime import Settings, run
 
 __all__ = ["main"]
 
 _logger = logging.getLogger("hpo_trial")
 
-STORAGE_URL_ENV = "HPO_STORAGE_URL"
-ASSIGNMENT_ENV = "HPO_ASSIGNMENT"
-TERMINATION_LOG_ENV = "HPO_TERMINATION_LOG"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,8 @@ Environment
             {"protocol": 1,
              "study": "<optuna study name>",
              "trial": {"number": 7, "id": 123},
+             "attempt": 0,
+             "deadline_seconds": 3600,
              "sampler": {"class": "TPESampler", "kwargs": {"seed": 1}},
              "pruner": {"class": "MedianPruner", "kwargs": {"n_warmup_steps": 2}},
              "checkpoint_root": "/checkpoints",
@@ -30,7 +32,14 @@ Environment
              "heartbeat_seconds": 10}
 
         ``trial.id`` is the storage's trial id (``optuna.trial.Trial`` needs it); ``trial.number``
-        must be that trial's number in ``study`` (the runtime checks). ``sampler`` and ``pruner``
+        must be that trial's number in ``study`` (the runtime checks). ``attempt`` (optional) is the
+        fence: the operator keeps the attempt that may report in the trial's system attribute
+        ``hpo:attempt`` and moves it on when it gives the trial to a new pod (the old one was lost);
+        the runtime runs and tells only while that attribute names its own attempt (or is absent),
+        and its final tell checks it under a row lock, so a superseded pod can never report.
+        ``deadline_seconds`` (optional) is the attempt's time limit (the Job's
+        ``activeDeadlineSeconds``): the runtime retries its final tell through a database outage,
+        with backoff, until shortly before it; without one it retries until stopped. ``sampler`` and ``pruner``
         name classes in ``optuna.samplers`` and ``optuna.pruners`` with JSON keyword arguments; the
         runtime builds them so that define-by-run ``trial.suggest_*`` and ``trial.should_prune()``
         behave as the study's; a keyword argument written as ``{"class": ..., "kwargs": ...}`` is built
@@ -38,10 +47,11 @@ Environment
         sampler; ``pruner`` null means no pruning (``NopPruner``). ``checkpoint_root`` (null:
         checkpoints are not kept across pods) is exported to the objective as
         ``HPO_CHECKPOINT_ROOT``. ``heartbeat_seconds`` (default 10) is how often the pod records
-        the trial's heartbeat. ``pruner``, ``checkpoint_root``, ``objective`` and
-        ``heartbeat_seconds`` may be left out. Unknown keys are ignored: a field that an older
-        runtime may safely ignore can be added within protocol 1; any other change needs a new
-        protocol number.
+        the trial's heartbeat. ``pruner``, ``checkpoint_root``, ``objective``,
+        ``heartbeat_seconds``, ``attempt`` and ``deadline_seconds`` may be left out. Unknown keys are
+        ignored: a field that an older runtime may safely ignore can be added within protocol 1
+        (``attempt`` and ``deadline_seconds`` were, later: a runtime without them neither fences
+        nor retries its tell); any other change needs a new protocol number.
     ``HPO_OBJECTIVE``, ``HPO_QUICK_SCAN``, ``HPO_TERMINATION_LOG``
         Optional; the same as the flags.
 
@@ -52,10 +62,14 @@ Objective precedence
 
 What the runtime does
     Loads the study with the assignment's sampler and pruner, attaches to the existing RUNNING trial
-    by id (it never asks for a new one), records a heartbeat every ``heartbeat_seconds`` from a
-    daemon thread, runs the objective and tells the study the outcome with
-    ``skip_if_finished=True``. It leaves the trial RUNNING only when stopped by SIGTERM or when the
-    database is unreachable (both for the operator to reconcile).
+    by id (it never asks for a new one), checks that ``hpo:attempt`` still names its ``attempt``,
+    records a heartbeat every ``heartbeat_seconds`` from a daemon thread, runs the objective and
+    tells the study the outcome with ``skip_if_finished=True``, under the fence and retrying through
+    a database outage until the deadline. It leaves the trial RUNNING only when stopped by SIGTERM,
+    when the database stays unreachable, or when superseded (for the operator to reconcile). The
+    sampler's ``seed``, when there is one, is already this trial's own (the operator derives it
+    from the study's seed and the trial number), so the objective's own suggestions vary from
+    trial to trial yet a seeded study runs the same again.
 
 Outcome: exit code and termination message
     One line in ``/dev/termination-log`` (``--termination-log`` / ``HPO_TERMINATION_LOG`` override
@@ -70,8 +84,10 @@ Outcome: exit code and termination message
           None or called ``sys.exit``
     2     ``FAIL <reason>``: configuration (assignment, protocol,       FAIL when the trial can
           objective path, sampler/pruner, trial mismatch)              be identified and reached
-    3     ``FAIL <reason>``: the database is unreachable or was lost    RUNNING (for the operator
-                                                                       to retry or fail)
+    3     ``FAIL <reason>``: the database is unreachable or was lost    RUNNING (the operator
+          (after retrying the final tell until the deadline)           runs it again, free)
+    4     ``SUPERSEDED <reason>``: another attempt owns the trial       unchanged (this pod
+          (``hpo:attempt`` moved on); nothing was run or told          reported nothing)
     143   ``INTERRUPTED step=<k> ...``: SIGTERM; ``step`` is the latest  RUNNING
           checkpoint's, absent without one; the trial will be resumed
     ====  ===========================================================  =========================
@@ -94,6 +110,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
+from hpo_trial.contract import PROTOCOL_VERSION
 from hpo_trial.errors import ConfigurationError
 
 __all__ = [
@@ -105,8 +122,6 @@ __all__ = [
     "parse_assignment",
 ]
 
-PROTOCOL_VERSION = 1
-"""The assignment protocol this runtime speaks (the only one so far)."""
 
 DEFAULT_HEARTBEAT_SECONDS = 10
 
@@ -150,6 +165,8 @@ class Assignment:
     objective: str | None = None
     heartbeat_seconds: int = DEFAULT_HEARTBEAT_SECONDS
     protocol: int = PROTOCOL_VERSION
+    attempt: int | None = None
+    deadline_seconds: int | None = None
 
 
 def parse_assignment(text: str) -> Assignment:
@@ -182,6 +199,14 @@ def parse_assignment(text: str) -> Assignment:
     heartbeat = raw.get("heartbeat_seconds", DEFAULT_HEARTBEAT_SECONDS)
     if not _is_int(heartbeat) or heartbeat < 1:
         raise ConfigurationError(f"assignment field 'heartbeat_seconds' must be a positive integer, got {heartbeat!r}")
+    attempt = raw.get("attempt")
+    if attempt is not None and (not _is_int(attempt) or attempt < 0):
+        raise ConfigurationError(f"assignment field 'attempt' must be null or a non-negative integer, got {attempt!r}")
+    deadline = raw.get("deadline_seconds")
+    if deadline is not None and (not _is_int(deadline) or deadline < 1):
+        raise ConfigurationError(
+            f"assignment field 'deadline_seconds' must be null or a positive integer, got {deadline!r}"
+        )
     return Assignment(
         trial=_trial_ref(raw),
         sampler=_component(raw, "sampler"),
@@ -190,6 +215,8 @@ def parse_assignment(text: str) -> Assignment:
         objective=_optional_str(raw, "objective"),
         heartbeat_seconds=heartbeat,
         protocol=protocol,
+        attempt=attempt,
+        deadline_seconds=deadline,
     )
 
 

@@ -9,27 +9,34 @@ The last step, telling the outcome, is here too because it shares the storage ha
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import optuna
+import optuna.storages._cached_storage
+import optuna.storages._rdb.models
 import optuna.storages._rdb.storage
 import pymysql
+import sqlalchemy
 import sqlalchemy.exc
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo_trial.assignment import ComponentSpec, TrialRef
-from hpo_trial.errors import ConfigurationError, StorageUnavailableError
+from hpo_trial.contract import ATTEMPT_ATTR, FAIL_REASON_ATTR
+from hpo_trial.errors import ConfigurationError, StorageUnavailableError, SupersededError
 
 __all__ = [
     "FAIL_REASON_ATTR",
     "attach_trial",
     "build_pruner",
     "build_sampler",
+    "check_attempt",
     "fail_trial",
+    "fence",
     "is_connection_error",
     "load_study",
     "open_storage",
@@ -39,9 +46,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-FAIL_REASON_ATTR = "fail_reason"
-"""The trial system attribute Optuna itself uses for why a trial failed (shown by optuna-dashboard)."""
 
 POOL_RECYCLE_SECONDS = 280
 """Below any sane server ``wait_timeout``, so pooled connections are renewed before the server drops them."""
@@ -219,6 +223,27 @@ def load_study(
         raise
 
 
+def _prime_trial_cache(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Put the pod's trial into Optuna's in-process trial cache, as asking for it would have.
+
+    Optuna 5's ``_CachedStorage`` learns a trial when the process asks for it or reads the study's
+    trials. A pod does neither (it attaches to its trial by id), so with a sampler that reads no
+    history (random, QMC, CMA-ES's independent sampler) the objective's first suggestion of a
+    parameter the operator did not declare raised ``KeyError`` in ``set_trial_param``. This adds the
+    one trial the way ``create_new_trial`` does (an unfinished trial is still read from the database
+    each time), without reading the study's other trials (``tests/trial_runtime/test_seeds.py``).
+    """
+    storage = study._storage
+    studies = getattr(storage, "_studies", None)
+    add = getattr(storage, "_add_trials_to_cache", None)
+    if not isinstance(studies, dict) or add is None:
+        return  # another storage, or an Optuna that no longer needs it
+    with storage._lock:  # type: ignore[attr-defined]
+        studies.setdefault(study._study_id, optuna.storages._cached_storage._StudyInfo())
+        if trial.number not in studies[study._study_id].trials:
+            add(study._study_id, [trial])
+
+
 def attach_trial(storage: RDBStorage, study: optuna.Study, ref: TrialRef) -> FrozenTrial:
     """Check that the assigned trial is the study's trial of that number, and read it.
 
@@ -234,7 +259,9 @@ def attach_trial(storage: RDBStorage, study: optuna.Study, ref: TrialRef) -> Fro
                 f"the assignment names trial number {ref.number} with id {ref.id}, but in study {ref.study!r} "
                 f"trial {ref.number} has id {trial_id}"
             )
-        return storage.get_trial(trial_id)
+        stored = storage.get_trial(trial_id)
+        _prime_trial_cache(study, stored)
+        return stored
     except KeyError:
         raise ConfigurationError(f"study {ref.study!r} has no trial number {ref.number}") from None
     except ConfigurationError:
@@ -244,7 +271,88 @@ def attach_trial(storage: RDBStorage, study: optuna.Study, ref: TrialRef) -> Fro
         raise
 
 
-def fail_trial(storage: RDBStorage, ref: TrialRef, reason: str) -> None:
+FENCE_WAIT_TIMEOUT_SECONDS = 2 * READ_WRITE_TIMEOUT_SECONDS
+"""How long MySQL keeps the fence's connection (and its row lock) if this pod vanishes mid-tell."""
+
+
+def _attempt_query(trial_id: int) -> sqlalchemy.Select[Any]:
+    model = optuna.storages._rdb.models.TrialSystemAttributeModel
+    return sqlalchemy.select(model.value_json).where(model.trial_id == trial_id, model.key == ATTEMPT_ATTR)
+
+
+def _superseded(ref: TrialRef, attempt: int, current: object) -> SupersededError:
+    return SupersededError(
+        f"trial {ref.number} belongs to attempt {current} now, not to this pod's attempt {attempt} (the operator "
+        "thought this pod lost and ran the trial again); this pod reports nothing"
+    )
+
+
+def check_attempt(storage: RDBStorage, ref: TrialRef, attempt: int | None) -> None:
+    """Refuse to run when the operator has given the trial to another attempt (no fence: always fine).
+
+    Raises:
+        SupersededError: The trial's ``hpo:attempt`` names another attempt.
+        StorageUnavailableError: The database was lost.
+    """
+    if attempt is None:
+        return
+    try:
+        with storage.engine.connect() as connection:
+            stored = connection.execute(_attempt_query(ref.id)).scalar()
+    except Exception as error:
+        raise_if_connection_error(error)
+        raise
+    current = json.loads(stored) if stored is not None else None
+    if current is not None and current != attempt:
+        raise _superseded(ref, attempt, current)
+
+
+@contextlib.contextmanager
+def fence(storage: RDBStorage, ref: TrialRef, attempt: int | None) -> Iterator[None]:
+    """Hold the trial's ``hpo:attempt`` row locked (``SELECT ... FOR UPDATE``) while the body tells the outcome.
+
+    The operator moves the attribute on before it gives the trial to a new pod, with a plain UPDATE of
+    that row, which waits for this lock: either this pod's tell lands first (and the operator sees the
+    trial finished), or the attribute names another attempt and this pod tells nothing. (The
+    operator must not write it through Optuna's upsert: its foreign-key check would share-lock the
+    trial's row, which the tell needs, and the two would wait for each other.) The lock is held on a connection
+    of its own, for as long as the tell takes; should this pod vanish meanwhile, MySQL drops the
+    connection, and the lock, after `FENCE_WAIT_TIMEOUT_SECONDS`.
+
+    Raises:
+        SupersededError: The trial's ``hpo:attempt`` names another attempt.
+        StorageUnavailableError: The database was lost.
+    """
+    if attempt is None:
+        yield
+        return
+    try:
+        connection = storage.engine.connect()
+    except Exception as error:
+        raise_if_connection_error(error)
+        raise
+    with connection:
+        try:
+            query = _attempt_query(ref.id)
+            transaction = connection.begin()
+            if connection.dialect.name == "mysql":
+                connection.exec_driver_sql(f"SET SESSION wait_timeout = {FENCE_WAIT_TIMEOUT_SECONDS}")
+            stored = connection.execute(query).scalar()
+            if stored is not None and connection.dialect.name != "sqlite":
+                # Lock the row only where it exists: locking a missing one would lock a gap of the index,
+                # and the operator's first write of the attribute (an insert) would then wait for the tell.
+                stored = connection.execute(query.with_for_update()).scalar()
+        except Exception as error:
+            raise_if_connection_error(error)
+            raise
+        with transaction:
+            current = json.loads(stored) if stored is not None else None
+            if current is not None and current != attempt:
+                raise _superseded(ref, attempt, current)
+            yield
+
+
+def fail_trial(storage: RDBStorage, ref: TrialRef, reason: str, attempt: int | None = None) -> None:
     """Mark the trial FAIL with a reason, when it cannot be run at all (best effort).
 
     Used for configuration errors found after the storage is open: the trial is identified but its
@@ -254,7 +362,8 @@ def fail_trial(storage: RDBStorage, ref: TrialRef, reason: str) -> None:
     try:
         study = optuna.load_study(study_name=ref.study, storage=storage, sampler=optuna.samplers.RandomSampler())
         attach_trial(storage, study, ref)
-        tell(study, storage, ref.id, TrialState.FAIL, None, reason)
+        with fence(storage, ref, attempt):
+            tell(study, storage, ref.id, TrialState.FAIL, None, reason)
     except Exception as error:  # the error being reported matters more than this one
         _logger.warning("could not mark trial %d FAIL: %s", ref.number, storage_error_reason(error))
 

@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from hpo_trial.contract import CHECKPOINT_ATTR, CHECKPOINT_ROOT_ENV
+
 __all__ = ["CHECKPOINT_ROOT_ENV", "Checkpoint", "checkpoint", "checkpoint_directory", "latest_step"]
 
 _logger = logging.getLogger(__name__)
 
-CHECKPOINT_ROOT_ENV = "HPO_CHECKPOINT_ROOT"
-USER_ATTR = "checkpoint"
-"""The trial user attribute holding ``{"path": <latest checkpoint file>, "step": <its step>}``."""
 
 _MAGIC = b"HPOCKPT1"
 _TORCH, _PICKLE = b"T", b"P"
@@ -131,7 +130,7 @@ class Checkpoint:
         for old in _checkpoint_files(self._directory)[self._keep :]:
             old.unlink(missing_ok=True)
         if self._trial is not None:
-            self._trial.set_user_attr(USER_ATTR, {"path": str(path), "step": step})
+            self._trial.set_user_attr(CHECKPOINT_ATTR, {"path": str(path), "step": step})
         _logger.info("checkpoint saved at step %d", step)
         return path
 
@@ -155,7 +154,7 @@ class Checkpoint:
                 continue
             step = _step_of(path)
             if self._trial is not None:
-                self._trial.set_user_attr(USER_ATTR, {"path": str(path), "step": step})
+                self._trial.set_user_attr(CHECKPOINT_ATTR, {"path": str(path), "step": step})
             _logger.info("resumed from step %d", step)
             return step, state
         return None

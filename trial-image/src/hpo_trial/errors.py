@@ -12,6 +12,7 @@ __all__ = [
     "HpoTrialError",
     "ObjectiveError",
     "StorageUnavailableError",
+    "SupersededError",
 ]
 
 
@@ -32,3 +33,7 @@ class ConfigurationError(HpoTrialError):
 
 class StorageUnavailableError(HpoTrialError):
     """The study's database could not be reached, or the connection to it was lost."""
+
+
+class SupersededError(HpoTrialError):
+    """The operator gave the trial to a later attempt (this pod was thought lost): this one must not report."""

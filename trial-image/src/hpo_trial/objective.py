@@ -14,13 +14,13 @@ from collections.abc import Callable
 
 import optuna
 
+from hpo_trial.contract import OBJECTIVE_ENV
 from hpo_trial.errors import ConfigurationError
 
 __all__ = ["DEFAULT_OBJECTIVE", "OBJECTIVE_ENV", "Objective", "choose_objective", "load_objective"]
 
 DEFAULT_OBJECTIVE = "hpo_trial.workloads.digits:objective"
 """The default workload: a PyTorch network on scikit-learn's digits."""
-OBJECTIVE_ENV = "HPO_OBJECTIVE"
 
 Objective = Callable[[optuna.Trial], object]
 _HOW_TO_SHIP = (

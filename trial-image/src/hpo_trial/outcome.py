@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpo_trial.errors import ConfigurationError, HpoTrialError, ObjectiveError, StorageUnavailableError
+from hpo_trial import contract
+from hpo_trial.errors import (
+    ConfigurationError,
+    HpoTrialError,
+    ObjectiveError,
+    StorageUnavailableError,
+    SupersededError,
+)
 from hpo_trial.logs import redact
 
 __all__ = [
@@ -38,11 +45,12 @@ _MAX_REASON_CHARS = 500
 class ExitCode(enum.IntEnum):
     """The trial pod's exit codes: zero means the trial has its final state."""
 
-    FINISHED = 0
-    OBJECTIVE_FAILED = 1
-    CONFIGURATION = 2
-    STORAGE_UNAVAILABLE = 3
-    INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
+    FINISHED = contract.EXIT_FINISHED
+    OBJECTIVE_FAILED = contract.EXIT_OBJECTIVE_FAILED
+    CONFIGURATION = contract.EXIT_CONFIGURATION
+    STORAGE_UNAVAILABLE = contract.EXIT_STORAGE_UNAVAILABLE
+    SUPERSEDED = contract.EXIT_SUPERSEDED
+    INTERRUPTED = contract.EXIT_INTERRUPTED
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,7 @@ class Outcome:
     """How the trial ended, as the operator will read it.
 
     Attributes:
-        word: The first word of the termination message: COMPLETE, PRUNED, FAIL or INTERRUPTED.
+        word: The first word of the termination message: COMPLETE, PRUNED, FAIL, SUPERSEDED or INTERRUPTED.
         detail: The rest of the one-line message.
         exit_code: The process exit code.
     """
@@ -84,6 +92,8 @@ class Outcome:
     @classmethod
     def from_error(cls, error: HpoTrialError) -> Outcome:
         """The failure that one of the runtime's errors stands for."""
+        if isinstance(error, SupersededError):
+            return cls("SUPERSEDED", _clip(str(error)), ExitCode.SUPERSEDED)
         if isinstance(error, ConfigurationError):
             code = ExitCode.CONFIGURATION
         elif isinstance(error, StorageUnavailableError):

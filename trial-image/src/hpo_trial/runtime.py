@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import traceback
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.storages import RDBStorage
@@ -21,8 +23,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo_trial import attach
 from hpo_trial.assignment import Assignment, identify_trial, parse_assignment
-from hpo_trial.checkpoint import CHECKPOINT_ROOT_ENV, checkpoint_directory, latest_step
-from hpo_trial.errors import ConfigurationError, HpoTrialError, ObjectiveError
+from hpo_trial.checkpoint import checkpoint_directory, latest_step
+from hpo_trial.contract import CHECKPOINT_ROOT_ENV, FAIL_REASON_ATTR, QUICK_SCAN_ENV
+from hpo_trial.errors import ConfigurationError, HpoTrialError, ObjectiveError, StorageUnavailableError
 from hpo_trial.heartbeat import Heartbeat
 from hpo_trial.interrupt import Interrupted, SignalGuard
 from hpo_trial.objective import choose_objective, load_objective
@@ -32,7 +35,11 @@ __all__ = ["QUICK_SCAN_ENV", "Settings", "run"]
 
 _logger = logging.getLogger(__name__)
 
-QUICK_SCAN_ENV = "HPO_QUICK_SCAN"
+TELL_RETRY_FIRST_SECONDS = 1.0
+TELL_RETRY_MAX_SECONDS = 30.0
+DEADLINE_MARGIN_SECONDS = 15.0
+"""The final tell gives up this long before the attempt's deadline, so the pod exits 3 (a free requeue)
+rather than being killed by Kubernetes at the deadline (a crash)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class Settings:
         objective_flag: ``--objective``.
         objective_env: ``HPO_OBJECTIVE``.
         quick_scan: ``--quick-scan`` or ``HPO_QUICK_SCAN=1``.
+        started: When the pod's process started (``time.monotonic``); the attempt's deadline counts from it.
     """
 
     storage_url: str | None
@@ -52,6 +60,7 @@ class Settings:
     objective_flag: str | None = None
     objective_env: str | None = None
     quick_scan: bool = False
+    started: float = field(default_factory=time.monotonic)
 
 
 def run(settings: Settings, guard: SignalGuard) -> Outcome:
@@ -101,12 +110,13 @@ def _run_assigned(storage: RDBStorage, assignment: Assignment, settings: Setting
         sampler = attach.build_sampler(assignment.sampler)
         pruner = attach.build_pruner(assignment.pruner)
     except ConfigurationError as error:
-        attach.fail_trial(storage, ref, str(error))
+        attach.fail_trial(storage, ref, str(error), assignment.attempt)
         raise
     study = attach.load_study(storage, ref.study, sampler, pruner)
     stored = attach.attach_trial(storage, study, ref)
     if stored.state.is_finished():
         return _already_finished(stored, "nothing was run")
+    attach.check_attempt(storage, ref, assignment.attempt)
     if stored.state != TrialState.RUNNING:
         raise ConfigurationError(f"trial {ref.number} is {stored.state.name}, not RUNNING: the operator did not ask it")
     _logger.info(
@@ -122,7 +132,7 @@ def _run_assigned(storage: RDBStorage, assignment: Assignment, settings: Setting
     try:
         objective = load_objective(objective_path)
     except ConfigurationError as error:
-        attach.fail_trial(storage, ref, str(error))
+        attach.fail_trial(storage, ref, str(error), assignment.attempt)
         raise
     if assignment.checkpoint_root is not None:
         os.environ[CHECKPOINT_ROOT_ENV] = assignment.checkpoint_root
@@ -151,7 +161,9 @@ def _run_assigned(storage: RDBStorage, assignment: Assignment, settings: Setting
         except SystemExit as error:  # exiting here would leave the trial RUNNING
             reason = f"objective {objective_path} called sys.exit({error.code!r}) instead of returning a value"
         guard.defer()
-        told = attach.tell(study, storage, ref.id, state, values, reason)
+        deadline = None if assignment.deadline_seconds is None else (
+            settings.started + assignment.deadline_seconds - DEADLINE_MARGIN_SECONDS)
+        told = _tell_until(deadline, guard, lambda: _fenced_tell(study, storage, assignment, state, values, reason))
     if told.state != state:
         _logger.warning(
             "trial %d was already %s when this pod told %s; the stored outcome stands",
@@ -163,9 +175,53 @@ def _run_assigned(storage: RDBStorage, assignment: Assignment, settings: Setting
     return _stored_outcome(told, reason)
 
 
+def _fenced_tell(study: optuna.Study, storage: RDBStorage, assignment: Assignment, state: TrialState,
+                 values: list[float] | None, reason: str | None) -> FrozenTrial:
+    with attach.fence(storage, assignment.trial, assignment.attempt):
+        return attach.tell(study, storage, assignment.trial.id, state, values, reason)
+
+
+def _tell_until(deadline: float | None, guard: SignalGuard, tell: Callable[[], FrozenTrial]) -> FrozenTrial:
+    """Tell the outcome, retrying with backoff through a database outage until ``deadline`` (monotonic).
+
+    A result computed while the database is away is not lost: the pod keeps it and tries again,
+    1 s, 2 s, 4 s ... at most 30 s apart. Without a deadline it tries until the pod is stopped (a stop
+    signal ends the retries; the trial then stays RUNNING, to be run again).
+
+    Raises:
+        StorageUnavailableError: The database did not come back in time.
+        SupersededError: The operator gave the trial to another attempt meanwhile.
+    """
+    delay, failures = TELL_RETRY_FIRST_SECONDS, 0
+    while True:
+        try:
+            told = tell()
+        except StorageUnavailableError as error:
+            now = time.monotonic()
+            if guard.received is not None or (deadline is not None and now + delay > deadline):
+                raise
+            if failures == 0:
+                left = "until the pod is stopped" if deadline is None else f"for {max(0, deadline - now):.0f}s"
+                _logger.warning("cannot record the outcome yet (%s); retrying %s", error, left)
+            failures += 1
+            _sleep(delay, guard)
+            delay = min(delay * 2, TELL_RETRY_MAX_SECONDS)
+            continue
+        if failures:
+            _logger.info("outcome recorded after %d failed attempt(s)", failures)
+        return told
+
+
+def _sleep(seconds: float, guard: SignalGuard) -> None:
+    """Sleep, waking early when a stop signal arrives (the guard only notes it once the outcome is being told)."""
+    end = time.monotonic() + seconds
+    while guard.received is None and (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 0.2))
+
+
 def _already_finished(trial: FrozenTrial, consequence: str) -> Outcome:
     """The outcome of a trial someone else (the operator, an earlier pod) finished first."""
-    stored_reason = trial.system_attrs.get(attach.FAIL_REASON_ATTR, "no reason recorded")
+    stored_reason = trial.system_attrs.get(FAIL_REASON_ATTR, "no reason recorded")
     note = f"(trial {trial.number} was already {trial.state.name}; {consequence})"
     if trial.state == TrialState.FAIL:
         return Outcome.failed(f"trial {trial.number} was already FAIL ({consequence}): {stored_reason}")
@@ -179,7 +235,7 @@ def _stored_outcome(trial: FrozenTrial, reason: str | None, note: str = "") -> O
     if trial.state == TrialState.PRUNED:
         return Outcome.pruned(trial.last_step, note)
     if trial.state == TrialState.FAIL:
-        return Outcome.failed(reason or trial.system_attrs.get(attach.FAIL_REASON_ATTR, "the trial failed"))
+        return Outcome.failed(reason or trial.system_attrs.get(FAIL_REASON_ATTR, "the trial failed"))
     return Outcome.failed(
         f"trial {trial.number} is still {trial.state.name} after telling its outcome", ExitCode.STORAGE_UNAVAILABLE
     )

@@ -47,12 +47,12 @@ from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 from torch import nn
 
 import hpo_trial
+from hpo_trial.contract import QUICK_SCAN_ENV
 
 __all__ = ["Data", "build_model", "configure_threads", "load_data", "objective", "select_device", "train_steps"]
 
 _logger = logging.getLogger(__name__)
 
-QUICK_SCAN_ENV = "HPO_QUICK_SCAN"
 QUICK_SCAN_SAMPLES = 8192
 PATIENCE = 3
 """Epochs without a better validation loss before training stops early."""
