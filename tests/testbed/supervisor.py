@@ -3,8 +3,8 @@
 PID 1 on these machines does not reap orphans, so nothing we start may outlive its parent. The
 supervisor starts each service in order, waits until it is ready, and then waits on its children;
 it is a child subreaper, so containerd's shims (which detach from containerd) and anything else
-orphaned below it are reaped here too. On
-SIGTERM it stops the services in reverse order and exits. Its state file tells `up` and `status`
+orphaned below it are reaped here too. A service that dies is started again (a few times at most).
+On SIGTERM it stops the services in reverse order and exits. Its state file tells `up` and `status`
 how far it got and, on failure, which log to read.
 
 Other targets (`operator-up`) add processes the same way: they drop a spec in `.testbed/services/`
@@ -30,6 +30,7 @@ STATE = layout.TESTBED / "supervisor.json"
 EXTRAS = layout.TESTBED / "services"
 PR_SET_CHILD_SUBREAPER = 36
 READY_TIMEOUT = 180.0
+MAX_RESTARTS = 5
 
 
 class Stop(Exception):
@@ -50,6 +51,7 @@ class Supervisor:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.extras: dict[str, subprocess.Popen[bytes]] = {}
         self.extra_specs: dict[str, object] = {}
+        self.restarts: dict[str, int] = {}
         self.state: dict[str, object] = {"pid": os.getpid(), "phase": "starting", "services": {}}
         self.waiting = False
         self.reload_pending = False
@@ -102,9 +104,25 @@ class Supervisor:
                 if process.pid == pid and process.returncode is None:
                     process.returncode = os.waitstatus_to_exitcode(status)
                     if name in self.processes:
-                        log = f".testbed/logs/{name}.log"
-                        self.write_state(phase="degraded",
-                                         message=f"{name} exited with code {process.returncode}; see {log}")
+                        self.restart(name, process.returncode)
+
+    def restart(self, name: str, code: int) -> None:
+        """Start a service that died again, as an init system would (a killed MariaDB comes back on
+        its data); one that keeps dying is left down and the testbed marked degraded."""
+        log = f".testbed/logs/{name}.log"
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        if self.restarts[name] > MAX_RESTARTS:
+            self.write_state(phase="degraded", message=f"{name} exited with code {code} {MAX_RESTARTS + 1} "
+                                                       f"times; see {log}")
+            return
+        self.write_state(phase="degraded", message=f"{name} exited with code {code}; restarting it")
+        service = next(service for service in self.services if service.name == name)
+        try:
+            self.start(service)
+        except RuntimeError as error:
+            self.write_state(phase="degraded", message=f"{name} did not come back: {error}; see {log}")
+            return
+        self.write_state(phase="ready", message=f"all services ready ({name} restarted)")
 
     def sync_extras(self) -> None:
         """Start each extra in .testbed/services/ that is not running; stop those whose spec is gone;
