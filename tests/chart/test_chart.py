@@ -451,7 +451,8 @@ def test_every_sampler_and_pruner_works_with_the_operator_image(chart: Chart) ->
             "trial": {"objective": "objectives:prunable", "template": chart.template}})
     for sampler in SAMPLERS:
         done = studies.wait_phase(f"sampler-{sampler.lower()}", "Succeeded", 600)
-        assert done["status"]["trials"] == {"running": 0, "waiting": 0, "complete": 6, "pruned": 0, "failed": 0}, (sampler, done)
+        expected = {"running": 0, "waiting": 0, "complete": 6, "pruned": 0, "failed": 0}
+        assert done["status"]["trials"] == expected, (sampler, done["status"])
     for pruner in PRUNERS:
         done = studies.wait_phase(f"pruner-{pruner.lower()}", "Succeeded", 600)
         assert done["status"]["trials"]["pruned"] >= 1, (pruner, done["status"])
