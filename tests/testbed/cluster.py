@@ -160,10 +160,14 @@ def _bootstrap(core: client.CoreV1Api) -> None:
 def up() -> None:
     started = time.monotonic()
     binaries = build.build_all()
+    print(f"stage: binaries ready in {time.monotonic() - started:.0f}s", flush=True)
     if _supervisor_pid() is None and layout.TESTBED.exists():
         print("cleaning away a stopped testbed", flush=True)
         down(quiet=True)
+    stage = time.monotonic()
     images.ensure()
+    print(f"stage: images ready in {time.monotonic() - stage:.0f}s", flush=True)
+    stage = time.monotonic()
     if _supervisor_pid() is None:
         print("starting the testbed", flush=True)
         layout.LOGS.mkdir(parents=True, exist_ok=True)
@@ -177,6 +181,7 @@ def up() -> None:
     core = client.CoreV1Api(config.new_client_from_config(config_file=str(KUBECONFIG)))
     _bootstrap(core)
     _write_env()
+    print(f"stage: cluster ready in {time.monotonic() - stage:.0f}s", flush=True)
     print(f"testbed up in {time.monotonic() - started:.0f}s: Kubernetes {layout.KUBERNETES_VERSION} on "
           f"{len(NODES)} nodes, MariaDB on {layout.HOST_IP}:{layout.MYSQL_PORT}. Use it with: source .testbed/env",
           flush=True)
