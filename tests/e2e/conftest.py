@@ -28,8 +28,11 @@ OBJECTIVES = Path(__file__).with_name("objectives.py")
 # may run as `trainer`; `hpo-operator-home` plays the operator's own namespace (where the chart keeps
 # the admin Secret).
 OPERATOR_NAMESPACE = "hpo-operator-home"
+DELETE_TIMEOUT_SECONDS = 30
 OPERATOR_POLICY = {"HPO_STORAGE_HOSTS": f"{HOST_IP},127.0.0.2,{OTHER_MYSQL_IP}",
-                   "HPO_TRIAL_SERVICE_ACCOUNTS": "trainer", "HPO_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE}
+                   "HPO_TRIAL_SERVICE_ACCOUNTS": "trainer", "HPO_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,
+                   # Shorter bounds than production's, so the tests of losing things finish sooner.
+                   "HPO_DELETE_TIMEOUT_SECONDS": str(DELETE_TIMEOUT_SECONDS), "HPO_TRIAL_LOST_SECONDS": "45"}
 
 
 def start_operator() -> int:

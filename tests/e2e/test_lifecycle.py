@@ -25,6 +25,7 @@ from kubernetes import client
 from hpo_operator.models import GROUP, PLURAL, VERSION
 from tests import mysql
 from tests.conftest import ROOT
+from tests.e2e.conftest import DELETE_TIMEOUT_SECONDS
 from tests.helpers import wait_for
 from tests.studies import Studies
 from tests.testbed.nodes import NODES
@@ -53,6 +54,15 @@ def quadratic(template: dict[str, Any], trials: int, parallelism: int = 1, sleep
             "trial": {"objective": "objectives:quadratic", "template": pod}, **extra}
 
 
+def kept(sent: Any, stored: Any) -> bool:
+    """Whether the API server stored everything that was sent (it adds defaults, and prunes fields its
+    schema lacks)."""
+    if isinstance(sent, dict):
+        return isinstance(stored, dict) and all(key in stored and kept(value, stored[key])
+                                                for key, value in sent.items())
+    return bool(sent == stored)
+
+
 def rss_kib(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
@@ -74,6 +84,8 @@ def test_every_invalid_or_extreme_spec_gets_a_clear_status_quickly_and_no_job(
         except client.ApiException as refused:  # the CRD's schema refused it at apply: named there
             assert refused.status == 422 and refused.body, name
             continue
+        if not kept(json.loads(json.dumps(spec)), studies.get(name)["spec"]):
+            continue  # the API server pruned a field the schema lacks (kubectl warns): a valid study now
         accepted[name] = expected
     assert len(accepted) >= 40, f"only {len(accepted)} of the table's specs reach the operator"
     started = time.monotonic()
@@ -85,7 +97,8 @@ def test_every_invalid_or_extreme_spec_gets_a_clear_status_quickly_and_no_job(
         message = failed["status"]["message"] + " " + json.dumps(failed["status"]["conditions"])
         assert expected.split(":")[0] in message, (name, message)
         assert any(e.type == "Warning" for e in studies.events(name)), f"{name}: no Warning Event"
-    assert client.BatchV1Api(kube).list_namespaced_job(studies.namespace).items == [], "no Job for an invalid study"
+    jobs = client.BatchV1Api(kube).list_namespaced_job(studies.namespace).items
+    assert not {job.metadata.labels["hpo.dev/study"] for job in jobs} & set(accepted), "no Job for an invalid study"
     assert int((TESTBED / "operator.pid").read_text()) == operator, "the operator never restarted"
     assert rss_kib(operator) < memory_before + 200 * 1024, "the operator's memory stays steady"
 
@@ -230,7 +243,7 @@ def test_deleting_a_study_with_mysql_down_completes_within_the_bound_with_an_eve
             return False
 
         wait_for(gone, 240, "the study to be deleted although its database cannot be dropped")
-        assert time.monotonic() - started < 200
+        assert time.monotonic() - started < DELETE_TIMEOUT_SECONDS + 60, "within the operator's bound"
     notes = [e for e in client.CoreV1Api(kube).list_namespaced_event(studies.namespace).items
              if e.reason == "DatabaseNotDropped"]
     assert notes, "an Event says the database was not dropped"

@@ -167,10 +167,12 @@ class _RefuseCleartext:
 REFUSED_PLUGINS: dict[str, type] = {"mysql_clear_password": _RefuseCleartext, "dialog": _RefuseCleartext}
 
 
-def connect_args(tls: Tls) -> dict[str, Any]:
-    """PyMySQL arguments for every connection the operator makes: timeouts, no cleartext, TLS if set."""
-    args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, "read_timeout": READ_WRITE_TIMEOUT_SECONDS,
-                            "write_timeout": READ_WRITE_TIMEOUT_SECONDS, "auth_plugin_map": REFUSED_PLUGINS}
+def connect_args(tls: Tls, timeout: float | None = None) -> dict[str, Any]:
+    """PyMySQL arguments for every connection the operator makes: timeouts (each at most ``timeout``),
+    no cleartext, TLS if set."""
+    wait = READ_WRITE_TIMEOUT_SECONDS if timeout is None else max(1, min(READ_WRITE_TIMEOUT_SECONDS, round(timeout)))
+    args: dict[str, Any] = {"connect_timeout": min(CONNECT_TIMEOUT_SECONDS, wait), "read_timeout": wait,
+                            "write_timeout": wait, "auth_plugin_map": REFUSED_PLUGINS}
     context = tls.context()
     if context is not None:
         args["ssl"] = context
@@ -182,10 +184,11 @@ def _refusal(error: pymysql.MySQLError) -> str:
 
 
 @contextmanager
-def _admin(server: Server) -> Iterator[pymysql.cursors.Cursor]:
+def _admin(server: Server, timeout: float | None = None) -> Iterator[pymysql.cursors.Cursor]:
     try:
         connection = pymysql.connect(host=server.host, port=server.port, user=server.admin_user,
-                                     password=server.admin_password, autocommit=True, **connect_args(server.tls))
+                                     password=server.admin_password, autocommit=True,
+                                     **connect_args(server.tls, timeout))
     except pymysql.MySQLError as error:
         raise DatabaseError(
             f"cannot connect to MySQL at {server.host}:{server.port} as {server.admin_user}: {_refusal(error)}; "
@@ -332,12 +335,13 @@ def create_schema(server: Server, database: str) -> None:
     storage.engine.dispose()
 
 
-def drop(server: Server, namespace: str, name: str) -> StudyNames | None:
+def drop(server: Server, namespace: str, name: str, timeout: float | None = None) -> StudyNames | None:
     """Drop the study's database and users (deletion policy Delete); idempotent.
 
-    Only what the record gives to this study is dropped; None when it holds nothing for it.
+    Only what the record gives to this study is dropped; None when it holds nothing for it. Each
+    statement waits at most ``timeout`` seconds (a hung server must not hold a deletion forever).
     """
-    with _admin(server) as cursor:
+    with _admin(server, timeout) as cursor:
         _ensure_registry(cursor)
         names = _registered(cursor, namespace, name)
         if names is None:

@@ -153,11 +153,12 @@ def delete_study(name: str, namespace: str | None, spec: kopf.Spec, memo: kopf.M
         logger.warning("the study's spec.storage breaks the operator's policy: its database is not dropped")
         return
     try:
-        dropped = provisioning.drop(SETTINGS, namespace, name, parsed)
+        remaining = SETTINGS.delete_timeout_seconds - runtime.total_seconds()
+        dropped = provisioning.drop(SETTINGS, namespace, name, parsed, timeout=max(1.0, remaining))
     except provisioning.ProvisioningProblem as problem:
         if runtime.total_seconds() < SETTINGS.delete_timeout_seconds:
             raise kopf.TemporaryError(f"the study's database is not dropped yet ({problem}); retrying",
-                                      delay=10) from problem
+                                      delay=min(10, max(1, remaining))) from problem
         message = _left_behind(namespace, name, parsed.storage.host, parsed.storage.port, problem, runtime)
         logger.error(message)
         metadata = body.get("metadata") or {}

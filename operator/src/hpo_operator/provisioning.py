@@ -109,13 +109,14 @@ def provision(settings: Settings, namespace: str, name: str, spec: HpoStudySpec,
     return Provisioned(url, connect_args, names.database, study_server.tls.enabled)
 
 
-def drop(settings: Settings, namespace: str, name: str, spec: HpoStudySpec) -> database.StudyNames | None:
+def drop(settings: Settings, namespace: str, name: str, spec: HpoStudySpec,
+         timeout: float | None = None) -> database.StudyNames | None:
     """Drop the study's database and users (only what the server records as the study's); idempotent.
 
     Raises:
-        ProvisioningProblem: The server or the admin Secret cannot be used now.
+        ProvisioningProblem: The server or the admin Secret cannot be used now (within ``timeout``).
     """
     try:
-        return database.drop(server(settings, namespace, spec), namespace, name)
+        return database.drop(server(settings, namespace, spec), namespace, name, timeout)
     except database.DatabaseError as error:
         raise ProvisioningProblem(str(error)) from error
