@@ -69,8 +69,9 @@ class LivePods:
     """Watches a study's trial pods and remembers the most that were alive (not yet ended) at once."""
 
     def __init__(self, kube: client.ApiClient, namespace: str, study: str) -> None:
-        self.live: set[str] = set()
+        self.live: dict[str, str] = {}
         self.most = 0
+        self.peak: list[str] = []  # the live pods when there were most, to say which ones in a failure
         self.seen: set[str] = set()
         self._stream = watch.Watch()
         self._stopped = threading.Event()
@@ -88,14 +89,25 @@ class LivePods:
                     version = pod.metadata.resource_version
                     self.seen.add(pod.metadata.name)
                     ended = event["type"] == "DELETED" or pod.status.phase in ("Succeeded", "Failed")
-                    (self.live.discard if ended else self.live.add)(pod.metadata.name)
-                    self.most = max(self.most, len(self.live))
+                    if ended:
+                        self.live.pop(pod.metadata.name, None)
+                    else:
+                        self.live[pod.metadata.name] = _describe(pod)
+                    if len(self.live) > self.most:
+                        self.most, self.peak = len(self.live), sorted(self.live.values())
             except (urllib3.exceptions.HTTPError, client.ApiException):
                 continue
 
     def stop(self) -> None:
         self._stopped.set()
         self._stream.stop()
+
+
+def _describe(pod: client.V1Pod) -> str:
+    ready = next((c.status for c in pod.status.conditions or [] if c.type == "Ready"), "?")
+    states = [next(k for k, v in s.state.to_dict().items() if v) for s in pod.status.container_statuses or []]
+    deleting = " deleting" if pod.metadata.deletion_timestamp else ""
+    return f"{pod.metadata.name} {pod.status.phase} ready={ready} containers={states}{deleting}"
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from hpo_trial.contract import ATTEMPT_ATTR
 from tests.trial_runtime.conftest import Database, OperatorSide, RunTrial
 from tests.trial_runtime.objectives import PRUNED_CURVE
 
@@ -131,21 +132,27 @@ def test_a_bad_objective_path_fails_the_trial_with_a_message_naming_it(
     assert stored.system_attrs["fail_reason"] == run.message.removeprefix("FAIL ")
 
 
+@pytest.mark.parametrize("attempt", [None, 0], ids=["unfenced", "fenced as the operator runs it"])
 def test_an_exception_in_user_code_fails_the_trial_with_a_one_line_reason(
-    operator: OperatorSide, start_trial: RunTrial
+    operator: OperatorSide, start_trial: RunTrial, attempt: int | None
 ) -> None:
     study = operator.create_study()
     trial = operator.ask(study)
+    if attempt is not None:
+        operator.storage.set_trial_system_attr(operator.trial_id(study, trial.number), ATTEMPT_ATTR, attempt)
 
-    run = start_trial(operator.assignment(study, trial, objective="objectives:raise_error"))
+    run = start_trial(operator.assignment(study, trial, objective="objectives:raise_error", attempt=attempt))
 
-    assert run.wait() == 1, run.output
+    # Well before MySQL's 50 s lock wait timeout: the fence must not make the tell wait for itself.
+    assert run.wait(timeout=30) == 1, run.output
     assert run.message.startswith(
         "FAIL objective objectives:raise_error raised ValueError: the training data is empty (at objectives.py:"
     ), run.message
     assert "\n" not in run.message and "second line" not in run.message
     assert "Traceback" in run.output, "the full traceback goes to the pod's log"
-    assert operator.frozen(study, trial.number).state == TrialState.FAIL
+    stored = operator.frozen(study, trial.number)
+    assert stored.state == TrialState.FAIL
+    assert stored.system_attrs["fail_reason"] == run.message.removeprefix("FAIL ")
 
 
 @pytest.mark.parametrize(

@@ -160,6 +160,12 @@ def test_a_pod_on_a_lost_node_holds_no_slot() -> None:
     assert not holds_slot(replace(RUNNING, deleting=True, deletion_deadline=ago(60)), NOW)
     assert holds_slot(replace(RUNNING, deleting=True, deletion_deadline=ago(5)), NOW), "still stopping normally"
     assert not holds_slot(replace(RUNNING, phase="Unknown"), NOW)
+    assert not holds_slot(replace(RUNNING, ready=False), NOW), "its node stopped reporting"
+
+
+def test_a_pod_whose_trial_exited_holds_its_slot_until_the_kubelet_ends_it() -> None:
+    exited = replace(ended(0, reason="Completed"), phase="Running")
+    assert holds_slot(exited, NOW)
 
 
 def pod_body(phase: str, **status: object) -> dict:

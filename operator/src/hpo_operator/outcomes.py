@@ -371,7 +371,10 @@ def _unreachable(pod: PodSummary, now: datetime.datetime) -> bool:
         return True
     if pod.deleting and pod.deletion_deadline is not None:
         return (now - pod.deletion_deadline).total_seconds() > UNCONFIRMED_DELETION_SECONDS
-    return pod.started and pod.phase == "Running" and pod.ready is False
+    # Ready=False on a running container is the node controller's mark of a node that stopped reporting. A
+    # container that exited makes its pod unready too, but the pod keeps its slot (and its node's resources)
+    # until the kubelet has torn it down and marked it Succeeded or Failed, a moment later.
+    return pod.started and pod.phase == "Running" and pod.ready is False and pod.finished_at is None
 
 
 def _silence(view: TrialView, pod: PodSummary, now: datetime.datetime) -> float | None:

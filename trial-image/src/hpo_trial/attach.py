@@ -334,6 +334,11 @@ def fence(storage: RDBStorage, ref: TrialRef, attempt: int | None) -> Iterator[N
     with connection:
         try:
             query = _attempt_query(ref.id)
+            if connection.dialect.name != "sqlite":
+                # Lock the one row and no gap of the index around it: under REPEATABLE READ the lock would
+                # cover the gap where the tell inserts this trial's `fail_reason`, and the tell, on another
+                # connection of this very pod, would wait for it until MySQL's lock wait timeout.
+                connection = connection.execution_options(isolation_level="READ COMMITTED")
             transaction = connection.begin()
             if connection.dialect.name == "mysql":
                 connection.exec_driver_sql(f"SET SESSION wait_timeout = {FENCE_WAIT_TIMEOUT_SECONDS}")
