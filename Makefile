@@ -88,8 +88,9 @@ operator-down: ## Stop the operator started by operator-up
 	@$(PY) -m tests.testbed operator-down
 
 .PHONY: checks
-checks: venv ## Lint (ruff) and type-check (mypy strict) the operator and the trial runtime
+checks: venv ## Lint and format-check (ruff), type-check (mypy strict) the operator and the trial runtime
 	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check --quiet . || { echo "ruff format: files above need formatting; run: .venv/bin/ruff format ."; exit 1; }
 	@$(VENV)/bin/mypy operator/src/hpo_operator trial-image/src/hpo_trial
 
 .PHONY: bench

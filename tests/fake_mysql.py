@@ -74,7 +74,7 @@ class FakeMySQL:
             try:
                 _send(connection, 0, _handshake())
                 response = _receive(connection)
-                user = response[32:response.index(b"\0", 32)].decode(errors="replace")
+                user = response[32 : response.index(b"\0", 32)].decode(errors="replace")
                 with self._lock:
                     attempt.user = user
                 _send(connection, 2, b"\xfemysql_clear_password\0")
@@ -88,10 +88,22 @@ class FakeMySQL:
 
 def _handshake() -> bytes:
     salt = b"abcdefghijklmnopqrst"
-    return (b"\x0a" + b"5.7.99-fake\0" + struct.pack("<I", 1) + salt[:8] + b"\0"
-            + struct.pack("<H", _CAPABILITIES & 0xFFFF) + b"\x21" + struct.pack("<H", 2)
-            + struct.pack("<H", _CAPABILITIES >> 16) + bytes([len(salt) + 1]) + b"\0" * 10
-            + salt[8:] + b"\0" + b"mysql_native_password\0")
+    return (
+        b"\x0a"
+        + b"5.7.99-fake\0"
+        + struct.pack("<I", 1)
+        + salt[:8]
+        + b"\0"
+        + struct.pack("<H", _CAPABILITIES & 0xFFFF)
+        + b"\x21"
+        + struct.pack("<H", 2)
+        + struct.pack("<H", _CAPABILITIES >> 16)
+        + bytes([len(salt) + 1])
+        + b"\0" * 10
+        + salt[8:]
+        + b"\0"
+        + b"mysql_native_password\0"
+    )
 
 
 def _send(connection: socket.socket, sequence: int, payload: bytes) -> None:

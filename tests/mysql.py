@@ -11,13 +11,15 @@ from hpo_operator import database
 
 def admin_server(env: dict[str, str]) -> database.Server:
     """The operator's default server and admin, from `.testbed/env`."""
-    return database.Server(env["HPO_MYSQL_HOST"], int(env["HPO_MYSQL_PORT"]), env["HPO_MYSQL_USER"],
-                           env["HPO_MYSQL_PASSWORD"])
+    return database.Server(
+        env["HPO_MYSQL_HOST"], int(env["HPO_MYSQL_PORT"]), env["HPO_MYSQL_USER"], env["HPO_MYSQL_PASSWORD"]
+    )
 
 
 def admin(server: database.Server) -> pymysql.Connection[Any]:
-    return pymysql.connect(host=server.host, port=server.port, user=server.admin_user,
-                           password=server.admin_password, autocommit=True)
+    return pymysql.connect(
+        host=server.host, port=server.port, user=server.admin_user, password=server.admin_password, autocommit=True
+    )
 
 
 def exists(server: database.Server, name: str) -> bool:
@@ -36,8 +38,11 @@ def users(server: database.Server, *names: str) -> set[str]:
 def recorded(server: database.Server, namespace: str, name: str) -> database.StudyNames | None:
     """The names the server's record gives a study (what the operator provisioned for it)."""
     with admin(server) as connection, connection.cursor() as cursor:
-        cursor.execute(f"SELECT database_name, user_name, reader_name FROM `{database.REGISTRY}`.studies "
-                       "WHERE namespace = %s AND name = %s", (namespace, name))
+        cursor.execute(
+            f"SELECT database_name, user_name, reader_name FROM `{database.REGISTRY}`.studies "
+            "WHERE namespace = %s AND name = %s",
+            (namespace, name),
+        )
         row = cursor.fetchone()
         return database.StudyNames(*row) if row else None
 

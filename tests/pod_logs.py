@@ -34,8 +34,9 @@ class PodLogs:
         self._watcher.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self._stopped.set()
         self._stream.stop()
 
@@ -51,9 +52,13 @@ class PodLogs:
         version = ""
         while not self._stopped.is_set():  # a watch may end at any time: resume where it stopped
             try:
-                for event in self._stream.stream(self.core.list_namespaced_pod, self.namespace,
-                                                 label_selector=self.selector, resource_version=version,
-                                                 timeout_seconds=60):
+                for event in self._stream.stream(
+                    self.core.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=self.selector,
+                    resource_version=version,
+                    timeout_seconds=60,
+                ):
                     pod = event["object"]
                     version = pod.metadata.resource_version
                     statuses = pod.status.container_statuses or []

@@ -36,14 +36,23 @@ class Studies:
         if predicate(current):
             return current
         stream = watch.Watch()
-        for event in stream.stream(self.api.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
-                                   field_selector=f"metadata.name={name}", timeout_seconds=int(timeout),
-                                   resource_version=current["metadata"]["resourceVersion"]):
+        for event in stream.stream(
+            self.api.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            field_selector=f"metadata.name={name}",
+            timeout_seconds=int(timeout),
+            resource_version=current["metadata"]["resourceVersion"],
+        ):
             if predicate(event["object"]):
                 stream.stop()
                 return dict(event["object"])
-        raise AssertionError(f"timed out after {timeout:.0f}s waiting for study {name} to {what}; "
-                             f"last status: {self.get(name).get('status')}")
+        raise AssertionError(
+            f"timed out after {timeout:.0f}s waiting for study {name} to {what}; "
+            f"last status: {self.get(name).get('status')}"
+        )
 
     def wait_phase(self, name: str, phase: str, timeout: float = 240) -> dict[str, Any]:
         return self.wait(name, lambda s: (s.get("status") or {}).get("phase") == phase, timeout, f"reach {phase}")
@@ -55,5 +64,8 @@ class Studies:
         return optuna.load_study(study_name=name, storage=url)
 
     def events(self, name: str) -> list[client.CoreV1Event]:
-        return list(self.core.list_namespaced_event(
-            self.namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=HpoStudy").items)
+        return list(
+            self.core.list_namespaced_event(
+                self.namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=HpoStudy"
+            ).items
+        )

@@ -36,16 +36,25 @@ def widget_crd(kubectl: KubectlRunner) -> Iterator[str]:
             "group": GROUP,
             "scope": "Namespaced",
             "names": {"plural": plural, "singular": plural[:-1], "kind": plural.capitalize()[:-1]},
-            "versions": [{
-                "name": "v1", "served": True, "storage": True,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "properties": {"spec": {
-                        "type": "object", "required": ["size"],
-                        "properties": {"size": {"type": "integer", "minimum": 1}},
-                    }},
-                }},
-            }],
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "required": ["size"],
+                                    "properties": {"size": {"type": "integer", "minimum": 1}},
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
         },
     }
     kubectl("apply", "-f", "-", input=json.dumps(crd))
@@ -75,9 +84,7 @@ def test_crd_schema_rejects_a_wrong_type_naming_the_field(
 
 def test_deleting_an_owner_garbage_collects_its_dependents(kube: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(kube)
-    owner = core.create_namespaced_config_map(
-        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner"))
-    )
+    owner = core.create_namespaced_config_map(namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner")))
     reference = client.V1OwnerReference(api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid)
     core.create_namespaced_config_map(
         namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="dependent", owner_references=[reference]))
@@ -90,17 +97,16 @@ def test_deleting_an_owner_garbage_collects_its_dependents(kube: client.ApiClien
     wait_for(dependent_gone, 60, "the garbage collector to delete the dependent ConfigMap")
 
 
-def test_rbac_denies_a_bare_service_account_and_allows_one_with_a_role(
-    kubectl: KubectlRunner, namespace: str
-) -> None:
+def test_rbac_denies_a_bare_service_account_and_allows_one_with_a_role(kubectl: KubectlRunner, namespace: str) -> None:
     kubectl("create", "serviceaccount", "reader", "-n", namespace)
     who = f"--as=system:serviceaccount:{namespace}:reader"
     denied = kubectl("auth", "can-i", "list", "pods", "-n", namespace, who, check=False)
     assert denied.stdout.strip() == "no"
 
     kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
-    kubectl("create", "rolebinding", "reader", "--role=pod-reader", f"--serviceaccount={namespace}:reader",
-            "-n", namespace)
+    kubectl(
+        "create", "rolebinding", "reader", "--role=pod-reader", f"--serviceaccount={namespace}:reader", "-n", namespace
+    )
     allowed = kubectl("auth", "can-i", "list", "pods", "-n", namespace, who, check=False)
     assert allowed.stdout.strip() == "yes"
     still_denied = kubectl("auth", "can-i", "delete", "pods", "-n", namespace, who, check=False)
@@ -123,8 +129,10 @@ def test_every_node_is_ready_on_containerd_with_gpu_capacity_and_the_pinned_rele
 @pytest.mark.integration
 def test_mariadb_accepts_the_exported_admin_credentials(testbed_env: dict[str, str]) -> None:
     connection = pymysql.connect(
-        host=testbed_env["HPO_MYSQL_HOST"], port=int(testbed_env["HPO_MYSQL_PORT"]),
-        user=testbed_env["HPO_MYSQL_USER"], password=testbed_env["HPO_MYSQL_PASSWORD"],
+        host=testbed_env["HPO_MYSQL_HOST"],
+        port=int(testbed_env["HPO_MYSQL_PORT"]),
+        user=testbed_env["HPO_MYSQL_USER"],
+        password=testbed_env["HPO_MYSQL_PASSWORD"],
     )
     database = f"t_{uuid.uuid4().hex[:8]}"
     try:

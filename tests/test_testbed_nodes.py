@@ -30,11 +30,24 @@ def run_pod(kube: client.ApiClient, namespace: str, testbed_env: dict[str, str])
     core = client.CoreV1Api(kube)
 
     def create(name: str, script: str, node: str | None = None, **spec: Any) -> str:
-        container = {"name": "c", "image": testbed_env["HPO_TRIAL_IMAGE"], "command": ["sh", "-c", script],
-                     **spec.pop("container", {})}
-        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
-                "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
-                         "containers": [container], **({"nodeName": node} if node else {}), **spec}}
+        container = {
+            "name": "c",
+            "image": testbed_env["HPO_TRIAL_IMAGE"],
+            "command": ["sh", "-c", script],
+            **spec.pop("container", {}),
+        }
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
+                "containers": [container],
+                **({"nodeName": node} if node else {}),
+                **spec,
+            },
+        }
         core.create_namespaced_pod(namespace, body)
         return name
 
@@ -65,8 +78,11 @@ def test_a_pod_sees_neither_the_testbed_nor_any_host_path_it_did_not_mount(
 ) -> None:
     secrets = ROOT / ".testbed" / "env"
     assert secrets.exists()
-    run_pod("nosy", f"test -e {secrets} && echo SEES-ENV; test -e {ROOT} && echo SEES-CLONE; "
-                    "grep -c hpo_admin /proc/1/environ; cat /proc/1/cmdline | tr '\\0' ' '; echo")
+    run_pod(
+        "nosy",
+        f"test -e {secrets} && echo SEES-ENV; test -e {ROOT} && echo SEES-CLONE; "
+        "grep -c hpo_admin /proc/1/environ; cat /proc/1/cmdline | tr '\\0' ' '; echo",
+    )
     wait_phase(kube, namespace, "nosy", "Succeeded", "Failed")
     log = client.CoreV1Api(kube).read_namespaced_pod_log("nosy", namespace)
     lines = log.splitlines()
@@ -76,8 +92,11 @@ def test_a_pod_sees_neither_the_testbed_nor_any_host_path_it_did_not_mount(
 
 
 def test_a_pod_over_its_memory_limit_is_oom_killed(run_pod: Pod, kube: client.ApiClient, namespace: str) -> None:
-    run_pod("hungry", "python3 -c 'x = bytearray(512 * 2**20); print(len(x))'",
-            container={"resources": {"limits": {"memory": "128Mi"}}})
+    run_pod(
+        "hungry",
+        "python3 -c 'x = bytearray(512 * 2**20); print(len(x))'",
+        container={"resources": {"limits": {"memory": "128Mi"}}},
+    )
     pod = wait_phase(kube, namespace, "hungry", "Failed")
     terminated = pod.status.container_statuses[0].state.terminated
     assert terminated.reason == "OOMKilled" and terminated.exit_code == 137
@@ -86,16 +105,23 @@ def test_a_pod_over_its_memory_limit_is_oom_killed(run_pod: Pod, kube: client.Ap
 def test_exec_and_port_forward_reach_a_running_pod(
     run_pod: Pod, kube: client.ApiClient, namespace: str, kubectl: KubectlRunner, testbed_env: dict[str, str]
 ) -> None:
-    run_pod("web", "cd /tmp && echo served-by-the-pod > index.html && exec python3 -m http.server 8080",
-            container={"readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}})
+    run_pod(
+        "web",
+        "cd /tmp && echo served-by-the-pod > index.html && exec python3 -m http.server 8080",
+        container={"readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}},
+    )
     wait_for(lambda: _ready(kube, namespace, "web"), 180, "the web pod to be ready")
     assert kubectl("exec", "-n", namespace, "web", "--", "cat", "/tmp/index.html").stdout == "served-by-the-pod\n"
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {"KUBECONFIG": testbed_env["KUBECONFIG"], "PATH": testbed_env["PATH"]}
-    forward = subprocess.Popen(["kubectl", "port-forward", "-n", namespace, "pod/web", f"{port}:8080"], env=env,
-                               stdout=subprocess.PIPE, text=True)
+    forward = subprocess.Popen(
+        ["kubectl", "port-forward", "-n", namespace, "pod/web", f"{port}:8080"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert forward.stdout is not None
         assert "Forwarding from" in forward.stdout.readline()
@@ -115,15 +141,28 @@ def test_a_service_answers_by_dns_name_from_a_pod_on_the_other_node(
     run_pod: Pod, kube: client.ApiClient, namespace: str
 ) -> None:
     first, second = NODES[0].name, NODES[-1].name
-    run_pod("server", "cd /tmp && echo hello-across-nodes > index.html && exec python3 -m http.server 8080",
-            node=first, container={"readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}})
-    client.CoreV1Api(kube).create_namespaced_service(namespace, {
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "hello"},
-        "spec": {"selector": {"app": "server"}, "ports": [{"port": 80, "targetPort": 8080}]}})
+    run_pod(
+        "server",
+        "cd /tmp && echo hello-across-nodes > index.html && exec python3 -m http.server 8080",
+        node=first,
+        container={"readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}},
+    )
+    client.CoreV1Api(kube).create_namespaced_service(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "hello"},
+            "spec": {"selector": {"app": "server"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    )
     wait_for(lambda: _ready(kube, namespace, "server"), 180, "the server pod to be ready")
     url = f"http://hello.{namespace}.svc.cluster.local/index.html"
-    run_pod("caller", f"python3 -c \"import urllib.request; print(urllib.request.urlopen('{url}').read().decode())\"",
-            node=second)
+    run_pod(
+        "caller",
+        f"python3 -c \"import urllib.request; print(urllib.request.urlopen('{url}').read().decode())\"",
+        node=second,
+    )
     wait_phase(kube, namespace, "caller", "Succeeded", "Failed")
     assert client.CoreV1Api(kube).read_namespaced_pod_log("caller", namespace).strip() == "hello-across-nodes"
 
@@ -131,9 +170,15 @@ def test_a_service_answers_by_dns_name_from_a_pod_on_the_other_node(
 def test_a_volume_keeps_its_data_after_its_pod_and_is_writable_from_either_node_as_non_root(
     run_pod: Pod, kube: client.ApiClient, namespace: str
 ) -> None:
-    client.CoreV1Api(kube).create_namespaced_persistent_volume_claim(namespace, {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+    client.CoreV1Api(kube).create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
     volume = {"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}
     mount = {"volumeMounts": [{"name": "d", "mountPath": "/data"}]}
     run_pod("writer", "echo kept > /data/file", node=NODES[0].name, container=mount, **volume)
@@ -142,7 +187,13 @@ def test_a_volume_keeps_its_data_after_its_pod_and_is_writable_from_either_node_
     wait_phase(kube, namespace, "reader", "Succeeded")
     assert client.CoreV1Api(kube).read_namespaced_pod_log("reader", namespace) == "kept\n"
     # fsGroup is honoured: the volume's files belong to the pod's group.
-    run_pod("grouped", "touch /data/g && stat -c %g /data/g", node=NODES[0].name, container=mount,
-            securityContext={"runAsUser": 3000, "fsGroup": 2000}, **volume)
+    run_pod(
+        "grouped",
+        "touch /data/g && stat -c %g /data/g",
+        node=NODES[0].name,
+        container=mount,
+        securityContext={"runAsUser": 3000, "fsGroup": 2000},
+        **volume,
+    )
     wait_phase(kube, namespace, "grouped", "Succeeded")
     assert client.CoreV1Api(kube).read_namespaced_pod_log("grouped", namespace) == "2000\n"

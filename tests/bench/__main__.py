@@ -27,8 +27,12 @@ ITEMS: dict[str, Callable[[bool], list[report.Figure]]] = {
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the reduced run (about 20 minutes)")
-    parser.add_argument("--only", choices=sorted(ITEMS), action="append",
-                        help="run only these items (repeatable); latest.json then holds only their keys")
+    parser.add_argument(
+        "--only",
+        choices=sorted(ITEMS),
+        action="append",
+        help="run only these items (repeatable); latest.json then holds only their keys",
+    )
     args = parser.parse_args()
     began = time.monotonic()
     figures: list[report.Figure] = []

@@ -34,8 +34,12 @@ def seed(studies: Studies, name: str, count: int) -> None:
     def add(first: int) -> None:
         study = studies.optuna_study(name)
         xs = [-5 + 10 * (i * GOLDEN % 1) for i in range(first, min(first + SEED_CHUNK, count))]
-        study.add_trials([optuna.trial.create_trial(params={"x": x}, distributions={"x": distribution},
-                                                    value=(x - 1) ** 2) for x in xs])
+        study.add_trials(
+            [
+                optuna.trial.create_trial(params={"x": x}, distributions={"x": distribution}, value=(x - 1) ** 2)
+                for x in xs
+            ]
+        )
 
     with ThreadPoolExecutor(SEED_THREADS) as pool:
         for done, _ in enumerate(pool.map(add, range(0, count, SEED_CHUNK)), 1):
@@ -65,9 +69,12 @@ def measure(kube: client.ApiClient, namespace: str, seeded: int, events: int) ->
 
     cpu = delta("process_cpu_seconds_total") - delta("hpo_sampler_ask_cpu_seconds_total")
     asks = delta("hpo_sampler_ask_seconds_count")
-    return {"cpu_per_event": cpu / events, "sql_per_event": delta("hpo_sql_statements_total") / events,
-            "ask_s": delta("hpo_sampler_ask_seconds_sum") / asks if asks else float("nan"),
-            "status_bytes": len(json.dumps(status, separators=(",", ":")))}
+    return {
+        "cpu_per_event": cpu / events,
+        "sql_per_event": delta("hpo_sql_statements_total") / events,
+        "ask_s": delta("hpo_sampler_ask_seconds_sum") / asks if asks else float("nan"),
+        "status_bytes": len(json.dumps(status, separators=(",", ":"))),
+    }
 
 
 def run(quick: bool) -> list[Figure]:
@@ -81,11 +88,21 @@ def run(quick: bool) -> list[Figure]:
             progress(f"  {results[seeded]}")
     small, large = (results[size] for size in SIZES)
     return [
-        Figure("cpu_per_event_10000", large["cpu_per_event"], "ratio <= 1.2", baseline=small["cpu_per_event"],
-               baseline_key="cpu_per_event_100", ratio_key="event_cost_ratio"),
-        Figure("sql_per_event_10000", large["sql_per_event"], "ratio <= 1.2", baseline=small["sql_per_event"],
-               baseline_key="sql_per_event_100"),
-        Figure("ask_s_10000", large["ask_s"], "(not in the ratio)", baseline=small["ask_s"],
-               baseline_key="ask_s_100"),
+        Figure(
+            "cpu_per_event_10000",
+            large["cpu_per_event"],
+            "ratio <= 1.2",
+            baseline=small["cpu_per_event"],
+            baseline_key="cpu_per_event_100",
+            ratio_key="event_cost_ratio",
+        ),
+        Figure(
+            "sql_per_event_10000",
+            large["sql_per_event"],
+            "ratio <= 1.2",
+            baseline=small["sql_per_event"],
+            baseline_key="sql_per_event_100",
+        ),
+        Figure("ask_s_10000", large["ask_s"], "(not in the ratio)", baseline=small["ask_s"], baseline_key="ask_s_100"),
         Figure("status_bytes_10000", large["status_bytes"], "<= 8192"),
     ]

@@ -38,8 +38,11 @@ def api() -> client.ApiClient:
 
 def testbed_env() -> dict[str, str]:
     """The `HPO_*` values `.testbed/env` exports (the MariaDB admin, the images)."""
-    return dict(line.removeprefix("export ").split("=", 1) for line in cluster.ENV_FILE.read_text().splitlines()
-                if line.startswith("export HPO_"))
+    return dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in cluster.ENV_FILE.read_text().splitlines()
+        if line.startswith("export HPO_")
+    )
 
 
 def mysql_admin() -> database.Server:
@@ -49,12 +52,21 @@ def mysql_admin() -> database.Server:
 
 def objective_template(sleep_s: float) -> dict[str, Any]:
     """A trial pod template that runs tests/bench/objectives.py, mounted from the ConfigMap `objectives`."""
-    return {"spec": {
-        "containers": [{"name": "trial", "env": [{"name": "PYTHONPATH", "value": "/objectives"},
-                                                 {"name": "BENCH_SLEEP_S", "value": str(sleep_s)}],
-                        "volumeMounts": [{"name": "objectives", "mountPath": "/objectives"}]}],
-        "volumes": [{"name": "objectives", "configMap": {"name": "objectives"}}],
-    }}
+    return {
+        "spec": {
+            "containers": [
+                {
+                    "name": "trial",
+                    "env": [
+                        {"name": "PYTHONPATH", "value": "/objectives"},
+                        {"name": "BENCH_SLEEP_S", "value": str(sleep_s)},
+                    ],
+                    "volumeMounts": [{"name": "objectives", "mountPath": "/objectives"}],
+                }
+            ],
+            "volumes": [{"name": "objectives", "configMap": {"name": "objectives"}}],
+        }
+    }
 
 
 def study_spec(trials: int, parallelism: int, sleep_s: float, **extra: Any) -> dict[str, Any]:
@@ -73,8 +85,12 @@ def namespace(kube: client.ApiClient, prefix: str) -> Iterator[str]:
     core = client.CoreV1Api(kube)
     name = f"bench-{prefix}-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    core.create_namespaced_config_map(name, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="objectives"), data={"objectives.py": OBJECTIVES.read_text()}))
+    core.create_namespaced_config_map(
+        name,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="objectives"), data={"objectives.py": OBJECTIVES.read_text()}
+        ),
+    )
     try:
         yield name
     finally:
@@ -110,8 +126,9 @@ class Timeline:
     def __enter__(self) -> Timeline:
         core, batch = client.CoreV1Api(self.kube), client.BatchV1Api(self.kube)
         listening = [threading.Event(), threading.Event()]
-        for (lister, record), ready in zip(((core.list_namespaced_pod, self._pod),
-                                            (batch.list_namespaced_job, self._job)), listening, strict=True):
+        for (lister, record), ready in zip(
+            ((core.list_namespaced_pod, self._pod), (batch.list_namespaced_job, self._job)), listening, strict=True
+        ):
             threading.Thread(target=self._follow, args=(lister, record, ready), daemon=True).start()
         for ready in listening:
             if not ready.wait(30):

@@ -107,10 +107,17 @@ def branin(p: Mapping[str, Any]) -> float:
 
 
 _H6_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
-_H6_A = np.array([[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14],
-                  [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]])
-_H6_P = 1e-4 * np.array([[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
-                         [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]])
+_H6_A = np.array(
+    [[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14], [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]]
+)
+_H6_P = 1e-4 * np.array(
+    [
+        [1312, 1696, 5569, 124, 8283, 5886],
+        [2329, 4135, 8307, 3736, 1004, 9991],
+        [2348, 1451, 3522, 2883, 3047, 6650],
+        [4047, 8828, 8732, 5743, 1091, 381],
+    ]
+)
 
 
 def hartmann6(p: Mapping[str, Any]) -> float:
@@ -151,12 +158,24 @@ def _floats(names: list[str], low: float, high: float) -> dict[str, dict[str, An
 
 
 FUNCTIONS = (
-    Function("branin", {"x1": {"type": "float", "low": -5, "high": 10}, "x2": {"type": "float", "low": 0, "high": 15}},
-             branin, 0.397887357729739, 100),
+    Function(
+        "branin",
+        {"x1": {"type": "float", "low": -5, "high": 10}, "x2": {"type": "float", "low": 0, "high": 15}},
+        branin,
+        0.397887357729739,
+        100,
+    ),
     Function("hartmann6", _floats([f"x{i}" for i in range(6)], 0, 1), hartmann6, -3.32236801141551, 200),
-    Function("levy10cat", {**_floats([f"x{i}" for i in range(9)], -10, 10),
-                           "variant": {"type": "categorical", "choices": list(_LEVY_VARIANTS)}},
-             levy_variant, 0.0, 100),
+    Function(
+        "levy10cat",
+        {
+            **_floats([f"x{i}" for i in range(9)], -10, 10),
+            "variant": {"type": "categorical", "choices": list(_LEVY_VARIANTS)},
+        },
+        levy_variant,
+        0.0,
+        100,
+    ),
 )
 
 
@@ -175,9 +194,13 @@ class SimulatedStore(StudyStore):
 
 
 def study_spec(function: Function, parallelism: int, seed: int, options: Mapping[str, Any]) -> HpoStudySpec:
-    spec, problems = parse({"searchSpace": function.space, "budget": {"trials": function.trials,
-                                                                      "parallelism": parallelism},
-                            "sampler": {"name": "tpe", "seed": seed, "options": dict(options)}})
+    spec, problems = parse(
+        {
+            "searchSpace": function.space,
+            "budget": {"trials": function.trials, "parallelism": parallelism},
+            "sampler": {"name": "tpe", "seed": seed, "options": dict(options)},
+        }
+    )
     assert spec is not None, problems
     return spec
 
@@ -201,9 +224,14 @@ def simulate(function: Function, config: str, seed: int, options: Mapping[str, A
     spec = study_spec(function, parallelism, seed, options or {})
     declared: dict[str, BaseDistribution] = search.distributions(spec)
     store = SimulatedStore(storage, name)
-    workers = [optuna.load_study(study_name=name, storage=storage,
-                                 sampler=optuna.samplers.TPESampler(seed=seed * 100 + w))
-               for w in range(parallelism)] if config == "naive" else []
+    workers = (
+        [
+            optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.TPESampler(seed=seed * 100 + w))
+            for w in range(parallelism)
+        ]
+        if config == "naive"
+        else []
+    )
     running: list[_Running] = []
     values: list[float] = []
     created, now = 0, 0.0
@@ -251,9 +279,13 @@ def _one(task: tuple[Function, str, int, dict[str, Any]]) -> tuple[str, str, int
     return function.name, config, seed, values, time.perf_counter() - started
 
 
-def simulate_all(seeds: int, configs: tuple[str, ...] = CONFIGS, options: Mapping[str, Any] | None = None,
-            functions: tuple[Function, ...] = FUNCTIONS, processes: int | None = None,
-            ) -> dict[tuple[str, str], list[list[float]]]:
+def simulate_all(
+    seeds: int,
+    configs: tuple[str, ...] = CONFIGS,
+    options: Mapping[str, Any] | None = None,
+    functions: tuple[Function, ...] = FUNCTIONS,
+    processes: int | None = None,
+) -> dict[tuple[str, str], list[list[float]]]:
     """Each (function, config)'s values in the order trials ended, for seeds 0..seeds-1, in a process pool."""
     tasks = [(f, c, s, dict(options or {})) for f in functions for c in configs for s in range(seeds)]
     tasks.sort(key=lambda t: -t[0].trials)  # long ones first
@@ -295,15 +327,22 @@ def bootstrap(final: Mapping[tuple[str, str], list[float]], config: str, draws: 
 
 def run(quick: bool) -> list[Figure]:
     seeds = SEEDS_QUICK if quick else SEEDS_FULL
-    progress(f"search quality: {len(FUNCTIONS)} functions × {len(CONFIGS)} configurations × {seeds} seeds, "
-             f"M={PARALLELISM}, simulated clock")
+    progress(
+        f"search quality: {len(FUNCTIONS)} functions × {len(CONFIGS)} configurations × {seeds} seeds, "
+        f"M={PARALLELISM}, simulated clock"
+    )
     final = final_regrets(simulate_all(seeds))
     ours, naive = ratio(final, "m8"), ratio(final, "naive")
     low, high = bootstrap(final, "m8")
-    progress(f"search quality: regret ratio M=8/M=1 {ours:.2f} (90% over resampled seeds: {low:.2f}-{high:.2f}), "
-             f"naive/M=1 {naive:.2f}")
-    figures = [Figure("regret_ratio_m8_vs_m1", ours, goal="<= 2 (aim 1.25)"),
-               Figure("regret_ratio_naive_vs_m1", naive, goal="ours <= naive")]
-    figures += [Figure(f"regret_median_{f.name}_{c}", statistics.median(final[f.name, c]))
-                for f in FUNCTIONS for c in CONFIGS]
+    progress(
+        f"search quality: regret ratio M=8/M=1 {ours:.2f} (90% over resampled seeds: {low:.2f}-{high:.2f}), "
+        f"naive/M=1 {naive:.2f}"
+    )
+    figures = [
+        Figure("regret_ratio_m8_vs_m1", ours, goal="<= 2 (aim 1.25)"),
+        Figure("regret_ratio_naive_vs_m1", naive, goal="ours <= naive"),
+    ]
+    figures += [
+        Figure(f"regret_median_{f.name}_{c}", statistics.median(final[f.name, c])) for f in FUNCTIONS for c in CONFIGS
+    ]
     return figures

@@ -92,22 +92,36 @@ def run_baseline(kube: client.ApiClient, namespace: str, trials: int) -> Run:
     url = database.storage_url(server, names.user, names.database, credentials.password)
     optuna.create_study(study_name=BASELINE, storage=url)
     core, batch = client.CoreV1Api(kube), client.BatchV1Api(kube)
-    core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name=BASELINE), data={"url": base64.b64encode(url.encode()).decode()}))
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=BASELINE), data={"url": base64.b64encode(url.encode()).decode()}
+        ),
+    )
     template = harness.objective_template(SLEEP_S)["spec"]
     container = template["containers"][0]
     container.update(image=harness.testbed_env()["HPO_TRIAL_IMAGE"], command=["python", "/objectives/objectives.py"])
-    container["env"] += [{"name": "BENCH_STUDY", "value": BASELINE},
-                         {"name": "BENCH_STORAGE_URL", "valueFrom": {"secretKeyRef": {"name": BASELINE, "key": "url"}}}]
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": BASELINE},
-           "spec": {"completionMode": "Indexed", "completions": trials, "parallelism": PARALLELISM,
-                    "backoffLimit": trials, "template": {"spec": {**template, "restartPolicy": "Never"}}}}
+    container["env"] += [
+        {"name": "BENCH_STUDY", "value": BASELINE},
+        {"name": "BENCH_STORAGE_URL", "valueFrom": {"secretKeyRef": {"name": BASELINE, "key": "url"}}},
+    ]
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": BASELINE},
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": trials,
+            "parallelism": PARALLELISM,
+            "backoffLimit": trials,
+            "template": {"spec": {**template, "restartPolicy": "Never"}},
+        },
+    }
     try:
         with harness.Timeline(kube, namespace) as timeline:
             submitted = time.time()
             batch.create_namespaced_job(namespace, job)
-            wait_for(lambda: _job_complete(batch, namespace), trials * SLEEP_S + 300,
-                               "the baseline Job to complete")
+            wait_for(lambda: _job_complete(batch, namespace), trials * SLEEP_S + 300, "the baseline Job to complete")
             wait_for(lambda: len(timeline.ended_pods()) >= trials, 60, "the watch to see every pod end")
         return Run(submitted, windows(optuna.load_study(study_name=BASELINE, storage=url)), lifetimes(timeline))
     finally:
@@ -135,21 +149,48 @@ def run(quick: bool) -> list[Figure]:
     pods = timeline.ended_pods()
     pod_ends, pod_seen = [p.ended for p in pods if p.ended], [p.seen for p in pods]
     pod_running = [p.running for p in pods if p.running]
-    stages = {"pod ended": gaps(pod_ends, ours.ends, 0), "next Job created": gaps(dispatched, pod_ends),
-              "its pod created": gaps(pod_seen, dispatched, 0), "pod running": gaps(pod_running, pod_seen, 0),
-              "its objective started": gaps(ours.starts, pod_running, 0)}
-    progress("  where a refill goes (p50): objective end -> " +
-             " -> ".join(f"{stage} {percentile(values, 50):.3f}s" for stage, values in stages.items()))
+    stages = {
+        "pod ended": gaps(pod_ends, ours.ends, 0),
+        "next Job created": gaps(dispatched, pod_ends),
+        "its pod created": gaps(pod_seen, dispatched, 0),
+        "pod running": gaps(pod_running, pod_seen, 0),
+        "its objective started": gaps(ours.starts, pod_running, 0),
+    }
+    progress(
+        "  where a refill goes (p50): objective end -> "
+        + " -> ".join(f"{stage} {percentile(values, 50):.3f}s" for stage, values in stages.items())
+    )
     return [
         Figure("refill_p50_s", percentile(refill, 50), "<= 0.5"),
         Figure("refill_p95_s", percentile(refill, 95), "<= 1.5"),
         Figure("refill_max_s", max(refill), "-"),
-        Figure("refill_to_start_p50_s", percentile(to_start, 50), "<= 2", baseline=percentile(baseline_to_start, 50),
-               baseline_key="baseline_refill_to_start_p50_s"),
-        Figure("refill_to_start_p95_s", percentile(to_start, 95), "-", baseline=percentile(baseline_to_start, 95),
-               baseline_key="baseline_refill_to_start_p95_s"),
-        Figure("utilisation", ours.utilisation, ">= 0.9", baseline=baseline.utilisation,
-               baseline_key="baseline_utilisation"),
-        Figure("wall_s", ours.wall_s, "ratio <= 1.0", baseline=baseline.wall_s, baseline_key="baseline_wall_s",
-               ratio_key="wall_ratio_vs_baseline"),
+        Figure(
+            "refill_to_start_p50_s",
+            percentile(to_start, 50),
+            "<= 2",
+            baseline=percentile(baseline_to_start, 50),
+            baseline_key="baseline_refill_to_start_p50_s",
+        ),
+        Figure(
+            "refill_to_start_p95_s",
+            percentile(to_start, 95),
+            "-",
+            baseline=percentile(baseline_to_start, 95),
+            baseline_key="baseline_refill_to_start_p95_s",
+        ),
+        Figure(
+            "utilisation",
+            ours.utilisation,
+            ">= 0.9",
+            baseline=baseline.utilisation,
+            baseline_key="baseline_utilisation",
+        ),
+        Figure(
+            "wall_s",
+            ours.wall_s,
+            "ratio <= 1.0",
+            baseline=baseline.wall_s,
+            baseline_key="baseline_wall_s",
+            ratio_key="wall_ratio_vs_baseline",
+        ),
     ]

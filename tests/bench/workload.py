@@ -192,8 +192,12 @@ class _DataLoaderLoop(_Side):
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.workload", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="cuda: the GPU with the workload's mixed precision (what a trial pod with a GPU runs)")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: the GPU with the workload's mixed precision (what a trial pod with a GPU runs)",
+    )
     args = parser.parse_args()
     if args.device == "cuda":
         device, amp_dtype = digits.select_device()

@@ -29,16 +29,24 @@ OBJECTIVES = Path(__file__).with_name("objectives.py")
 # the admin Secret).
 OPERATOR_NAMESPACE = "hpo-operator-home"
 DELETE_TIMEOUT_SECONDS = 30
-OPERATOR_POLICY = {"HPO_STORAGE_HOSTS": f"{HOST_IP},127.0.0.2,{OTHER_MYSQL_IP}",
-                   "HPO_TRIAL_SERVICE_ACCOUNTS": "trainer", "HPO_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,
-                   # Shorter bounds than production's, so the tests of losing things finish sooner.
-                   "HPO_DELETE_TIMEOUT_SECONDS": str(DELETE_TIMEOUT_SECONDS), "HPO_TRIAL_LOST_SECONDS": "45"}
+OPERATOR_POLICY = {
+    "HPO_STORAGE_HOSTS": f"{HOST_IP},127.0.0.2,{OTHER_MYSQL_IP}",
+    "HPO_TRIAL_SERVICE_ACCOUNTS": "trainer",
+    "HPO_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,
+    # Shorter bounds than production's, so the tests of losing things finish sooner.
+    "HPO_DELETE_TIMEOUT_SECONDS": str(DELETE_TIMEOUT_SECONDS),
+    "HPO_TRIAL_LOST_SECONDS": "45",
+}
 
 
 def start_operator() -> int:
     """`make operator-up` with the tests' policy (idempotent; restarts an operator with other settings)."""
-    subprocess.run([sys.executable, "-m", "tests.testbed", "operator-up"], cwd=ROOT, check=True,
-                   env={**os.environ, **OPERATOR_POLICY})
+    subprocess.run(
+        [sys.executable, "-m", "tests.testbed", "operator-up"],
+        cwd=ROOT,
+        check=True,
+        env={**os.environ, **OPERATOR_POLICY},
+    )
     return int((ROOT / ".testbed" / "operator.pid").read_text())
 
 
@@ -51,13 +59,24 @@ def operator(kube: client.ApiClient) -> int:
 @pytest.fixture
 def objectives(kube: client.ApiClient, namespace: str) -> dict[str, Any]:
     """The test objectives as a ConfigMap, and the trial template that mounts it into trial pods."""
-    client.CoreV1Api(kube).create_namespaced_config_map(namespace, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="objectives"), data={"objectives.py": OBJECTIVES.read_text()}))
-    return {"spec": {
-        "containers": [{"name": "trial", "env": [{"name": "PYTHONPATH", "value": "/objectives"}],
-                        "volumeMounts": [{"name": "objectives", "mountPath": "/objectives"}]}],
-        "volumes": [{"name": "objectives", "configMap": {"name": "objectives"}}],
-    }}
+    client.CoreV1Api(kube).create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="objectives"), data={"objectives.py": OBJECTIVES.read_text()}
+        ),
+    )
+    return {
+        "spec": {
+            "containers": [
+                {
+                    "name": "trial",
+                    "env": [{"name": "PYTHONPATH", "value": "/objectives"}],
+                    "volumeMounts": [{"name": "objectives", "mountPath": "/objectives"}],
+                }
+            ],
+            "volumes": [{"name": "objectives", "configMap": {"name": "objectives"}}],
+        }
+    }
 
 
 @pytest.fixture
@@ -75,16 +94,20 @@ class LivePods:
         self.seen: set[str] = set()
         self._stream = watch.Watch()
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(client.CoreV1Api(kube), namespace, study),
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(client.CoreV1Api(kube), namespace, study), daemon=True)
         self._thread.start()
 
     def _run(self, core: client.CoreV1Api, namespace: str, study: str) -> None:
         version = ""
         while not self._stopped.is_set():  # a watch may end at any time: resume where it stopped
             try:
-                for event in self._stream.stream(core.list_namespaced_pod, namespace, resource_version=version,
-                                                 label_selector=f"{STUDY_LABEL}={study}", timeout_seconds=60):
+                for event in self._stream.stream(
+                    core.list_namespaced_pod,
+                    namespace,
+                    resource_version=version,
+                    label_selector=f"{STUDY_LABEL}={study}",
+                    timeout_seconds=60,
+                ):
                     pod = event["object"]
                     version = pod.metadata.resource_version
                     self.seen.add(pod.metadata.name)

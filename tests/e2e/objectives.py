@@ -97,7 +97,8 @@ def find_secret(trial: optuna.Trial) -> float:
         with open(f"{account}/token") as token, open(f"{account}/namespace") as namespace:
             request = urllib.request.Request(
                 f"https://kubernetes.default.svc/api/v1/namespaces/{namespace.read()}/secrets",
-                headers={"Authorization": f"Bearer {token.read()}"})
+                headers={"Authorization": f"Bearer {token.read()}"},
+            )
         try:
             with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=f"{account}/ca.crt")) as r:
                 found += holds(r.read())

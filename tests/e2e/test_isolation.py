@@ -21,18 +21,29 @@ def test_a_trial_pod_cannot_find_the_mysql_admin_password_in_its_env_files_or_ap
 ) -> None:
     digest = hashlib.sha256(testbed_env["HPO_MYSQL_PASSWORD"].encode()).hexdigest()
     # The admin Secret sits in the study's own namespace, where a careless install might put it.
-    client.CoreV1Api(kube).create_namespaced_secret(studies.namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="mysql-admin"), string_data={"password": testbed_env["HPO_MYSQL_PASSWORD"]}))
+    client.CoreV1Api(kube).create_namespaced_secret(
+        studies.namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="mysql-admin"),
+            string_data={"password": testbed_env["HPO_MYSQL_PASSWORD"]},
+        ),
+    )
     client.CoreV1Api(kube).create_namespaced_service_account(
-        studies.namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="trainer")))
+        studies.namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="trainer"))
+    )
     template = json.loads(json.dumps(objectives))
     template["spec"]["containers"][0]["env"].append({"name": "HPO_TEST_SECRET_SHA256", "value": digest})
     with_token = json.loads(json.dumps(template))
     with_token["spec"] |= {"serviceAccountName": "trainer", "automountServiceAccountToken": True}
     for name, pod in (("plain", template), ("token", with_token)):
-        studies.create(name, {"searchSpace": {"x": {"type": "float", "low": 0, "high": 1}},
-                              "budget": {"trials": 1}, "trial": {"objective": "objectives:find_secret",
-                                                                 "template": pod}})
+        studies.create(
+            name,
+            {
+                "searchSpace": {"x": {"type": "float", "low": 0, "high": 1}},
+                "budget": {"trials": 1},
+                "trial": {"objective": "objectives:find_secret", "template": pod},
+            },
+        )
     for name in ("plain", "token"):
         done = studies.wait_phase(name, "Succeeded", 300)
         assert done["status"]["trials"]["complete"] == 1, done["status"]
@@ -44,11 +55,17 @@ def test_a_trial_over_its_memory_limit_is_oom_killed_retried_then_failed(
 ) -> None:
     template = json.loads(json.dumps(objectives))
     template["spec"]["containers"][0]["resources"] = {"limits": {"memory": "256Mi"}}
-    studies.create("hungry", {"searchSpace": {"x": {"type": "float", "low": 0, "high": 1}},
-                              "budget": {"trials": 1, "retriesPerTrial": 1},
-                              "trial": {"objective": "objectives:over_memory", "template": template}})
+    studies.create(
+        "hungry",
+        {
+            "searchSpace": {"x": {"type": "float", "low": 0, "high": 1}},
+            "budget": {"trials": 1, "retriesPerTrial": 1},
+            "trial": {"objective": "objectives:over_memory", "template": template},
+        },
+    )
     studies.wait(
-        "hungry", lambda s: (s.get("status") or {}).get("trials", {}).get("failed") == 1, 300, "fail its trial")
+        "hungry", lambda s: (s.get("status") or {}).get("trials", {}).get("failed") == 1, 300, "fail its trial"
+    )
     (trial,) = studies.optuna_study("hungry").trials
     assert trial.state == optuna.trial.TrialState.FAIL
     events = studies.events("hungry")

@@ -45,21 +45,26 @@ def trials_of(study: dict[str, Any]) -> dict[str, int]:
     return dict((study.get("status") or {}).get("trials", {}))
 
 
-def quadratic(template: dict[str, Any], trials: int, parallelism: int = 1, sleep: float = 0.5,
-              **extra: Any) -> dict[str, Any]:
+def quadratic(
+    template: dict[str, Any], trials: int, parallelism: int = 1, sleep: float = 0.5, **extra: Any
+) -> dict[str, Any]:
     pod = copy.deepcopy(template)
     pod["spec"]["containers"][0]["env"].append({"name": "HPO_TEST_SLEEP", "value": str(sleep)})
-    return {"searchSpace": {"x": {"type": "float", "low": -5, "high": 5}, "y": {"type": "int", "low": 0, "high": 3}},
-            "budget": {"trials": trials, "parallelism": parallelism},
-            "trial": {"objective": "objectives:quadratic", "template": pod}, **extra}
+    return {
+        "searchSpace": {"x": {"type": "float", "low": -5, "high": 5}, "y": {"type": "int", "low": 0, "high": 3}},
+        "budget": {"trials": trials, "parallelism": parallelism},
+        "trial": {"objective": "objectives:quadratic", "template": pod},
+        **extra,
+    }
 
 
 def kept(sent: Any, stored: Any) -> bool:
     """Whether the API server stored everything that was sent (it adds defaults, and prunes fields its
     schema lacks)."""
     if isinstance(sent, dict):
-        return isinstance(stored, dict) and all(key in stored and kept(value, stored[key])
-                                                for key, value in sent.items())
+        return isinstance(stored, dict) and all(
+            key in stored and kept(value, stored[key]) for key, value in sent.items()
+        )
     return bool(sent == stored)
 
 
@@ -75,8 +80,9 @@ def test_every_invalid_or_extreme_spec_gets_a_clear_status_quickly_and_no_job(
     studies: Studies, operator: int, kube: client.ApiClient
 ) -> None:
     cases = [(name, {**copy.deepcopy(valid_spec()), **overrides}, expected) for name, overrides, expected in INVALID]
-    cases.append(("missing-claim", {**valid_spec(), "checkpoints": {"claimName": "nowhere"}},
-                  "spec.checkpoints.claimName"))
+    cases.append(
+        ("missing-claim", {**valid_spec(), "checkpoints": {"claimName": "nowhere"}}, "spec.checkpoints.claimName")
+    )
     accepted: dict[str, str] = {}
     for name, spec, expected in cases:
         try:
@@ -92,8 +98,9 @@ def test_every_invalid_or_extreme_spec_gets_a_clear_status_quickly_and_no_job(
     memory_before = rss_kib(operator)
     for name, expected in accepted.items():
         remaining = max(5.0, 30 - (time.monotonic() - started))
-        failed = studies.wait(name, lambda s: (s.get("status") or {}).get("phase") == "Failed", remaining,
-                              "fail with a clear status")
+        failed = studies.wait(
+            name, lambda s: (s.get("status") or {}).get("phase") == "Failed", remaining, "fail with a clear status"
+        )
         message = failed["status"]["message"] + " " + json.dumps(failed["status"]["conditions"])
         assert expected.split(":")[0] in message, (name, message)
         assert any(e.type == "Warning" for e in studies.events(name)), f"{name}: no Warning Event"
@@ -108,8 +115,9 @@ def test_a_huge_parallelism_is_capped_and_paced_on_pods_that_cannot_schedule(
 ) -> None:
     greedy = copy.deepcopy(objectives)
     greedy["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1500m"}}  # at most one per node
-    studies.create("runaway", {**quadratic(greedy, trials=10**9, sleep=30), "budget": {
-        "trials": 10**9, "parallelism": 10**9}})
+    studies.create(
+        "runaway", {**quadratic(greedy, trials=10**9, sleep=30), "budget": {"trials": 10**9, "parallelism": 10**9}}
+    )
     capped = studies.wait("runaway", lambda s: trials_of(s).get("waiting", 0) > 0, 120, "have waiting trials")
     assert "parallelism" in capped["status"]["message"] and capped["status"]["parallelism"] <= 256
     jobs = client.BatchV1Api(kube).list_namespaced_job(studies.namespace).items
@@ -131,14 +139,26 @@ def _mariadb_pid() -> int:
 def test_a_database_killed_and_restarted_mid_study_spends_no_retry_and_loses_nothing(
     studies: Studies, objectives: dict[str, Any], testbed_env: dict[str, str]
 ) -> None:
-    studies.create("outage", quadratic(objectives, trials=6, parallelism=2, sleep=6,
-                                       budget={"trials": 6, "parallelism": 2, "retriesPerTrial": 0}))
-    studies.wait("outage", lambda s: trials_of(s).get("complete", 0) >= 1 and trials_of(s).get("running", 0) >= 1,
-                 180, "finish one trial and run another")
+    studies.create(
+        "outage",
+        quadratic(
+            objectives, trials=6, parallelism=2, sleep=6, budget={"trials": 6, "parallelism": 2, "retriesPerTrial": 0}
+        ),
+    )
+    studies.wait(
+        "outage",
+        lambda s: trials_of(s).get("complete", 0) >= 1 and trials_of(s).get("running", 0) >= 1,
+        180,
+        "finish one trial and run another",
+    )
     victim = _mariadb_pid()
     os.kill(victim, signal.SIGKILL)
-    unavailable = studies.wait("outage", lambda s: condition(s, "DatabaseReady").get("status") == "False", 120,
-                               "report the database unavailable")
+    unavailable = studies.wait(
+        "outage",
+        lambda s: condition(s, "DatabaseReady").get("status") == "False",
+        120,
+        "report the database unavailable",
+    )
     assert condition(unavailable, "DatabaseReady")["reason"] == "DatabaseUnavailable"
     wait_for(lambda: _mariadb_pid() != victim and _answers(testbed_env), 120, "the supervisor to restart MariaDB")
     done = studies.wait_phase("outage", "Succeeded", 360)
@@ -158,21 +178,32 @@ def _answers(env: dict[str, str]) -> bool:
 def test_evictions_beyond_max_preemptions_per_trial_fail_the_trial(
     studies: Studies, objectives: dict[str, Any], kube: client.ApiClient
 ) -> None:
-    studies.create("evicted", quadratic(objectives, trials=1, sleep=120,
-                                        budget={"trials": 1, "maxPreemptionsPerTrial": 1}))
+    studies.create(
+        "evicted", quadratic(objectives, trials=1, sleep=120, budget={"trials": 1, "maxPreemptionsPerTrial": 1})
+    )
     core = client.CoreV1Api(kube)
 
     def evict_running() -> bool:
-        pods = [p for p in core.list_namespaced_pod(studies.namespace, label_selector="hpo.dev/study=evicted").items
-                if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+        pods = [
+            p
+            for p in core.list_namespaced_pod(studies.namespace, label_selector="hpo.dev/study=evicted").items
+            if p.status.phase == "Running" and not p.metadata.deletion_timestamp
+        ]
         for pod in pods:
-            core.create_namespaced_pod_eviction(pod.metadata.name, studies.namespace, client.V1Eviction(
-                metadata=client.V1ObjectMeta(name=pod.metadata.name, namespace=studies.namespace)))
+            core.create_namespaced_pod_eviction(
+                pod.metadata.name,
+                studies.namespace,
+                client.V1Eviction(metadata=client.V1ObjectMeta(name=pod.metadata.name, namespace=studies.namespace)),
+            )
         return bool(pods)
 
     wait_for(evict_running, 180, "the first attempt to run, then evict it")
-    studies.wait("evicted", lambda s: any(r.get("attempt") == 1 for r in (s.get("status") or {})
-                                          .get("runningTrials", [])), 120, "requeue the trial as attempt 1")
+    studies.wait(
+        "evicted",
+        lambda s: any(r.get("attempt") == 1 for r in (s.get("status") or {}).get("runningTrials", [])),
+        120,
+        "requeue the trial as attempt 1",
+    )
     wait_for(evict_running, 180, "the second attempt to run, then evict it")
     failed = studies.wait("evicted", lambda s: trials_of(s).get("failed") == 1, 180, "fail the trial")
     assert failed["status"]["phase"] == "Failed"
@@ -184,9 +215,14 @@ def test_evictions_beyond_max_preemptions_per_trial_fail_the_trial(
 
 
 def test_a_study_whose_every_trial_fails_ends_failed(studies: Studies, objectives: dict[str, Any]) -> None:
-    studies.create("hopeless", {"searchSpace": {"x": {"type": "float", "low": -5, "high": 5}},
-                                "budget": {"trials": 2, "parallelism": 2, "retriesPerTrial": 0},
-                                "trial": {"objective": "objectives:crash", "template": objectives}})
+    studies.create(
+        "hopeless",
+        {
+            "searchSpace": {"x": {"type": "float", "low": -5, "high": 5}},
+            "budget": {"trials": 2, "parallelism": 2, "retriesPerTrial": 0},
+            "trial": {"objective": "objectives:crash", "template": objectives},
+        },
+    )
     failed = studies.wait_phase("hopeless", "Failed", 240)
     assert trials_of(failed)["failed"] == 2
     assert condition(failed, "Finished")["reason"] == "NoTrialCompleted"
@@ -200,8 +236,7 @@ def test_continuing_a_finished_study_resets_finished_and_posts_each_event_once(
     studies.create("more", quadratic(objectives, trials=2, parallelism=2))
     studies.wait_phase("more", "Succeeded")
     studies.patch("more", {"budget": {"trials": 4}})
-    running = studies.wait("more", lambda s: condition(s, "Finished").get("status") == "False", 60,
-                           "reset Finished")
+    running = studies.wait("more", lambda s: condition(s, "Finished").get("status") == "False", 60, "reset Finished")
     assert running["status"]["phase"] == "Running"
     done = studies.wait_phase("more", "Succeeded")
     assert trials_of(done)["complete"] == 4 and condition(done, "Finished")["status"] == "True"
@@ -244,8 +279,11 @@ def test_deleting_a_study_with_mysql_down_completes_within_the_bound_with_an_eve
 
         wait_for(gone, 240, "the study to be deleted although its database cannot be dropped")
         assert time.monotonic() - started < DELETE_TIMEOUT_SECONDS + 60, "within the operator's bound"
-    notes = [e for e in client.CoreV1Api(kube).list_namespaced_event(studies.namespace).items
-             if e.reason == "DatabaseNotDropped"]
+    notes = [
+        e
+        for e in client.CoreV1Api(kube).list_namespaced_event(studies.namespace).items
+        if e.reason == "DatabaseNotDropped"
+    ]
     assert notes, "an Event says the database was not dropped"
     assert "drop" in notes[0].message.lower(), notes[0].message
 
@@ -285,28 +323,54 @@ def test_losing_a_node_requeues_its_trial_elsewhere_from_its_checkpoint_and_the_
     studies: Studies, objectives: dict[str, Any], kube: client.ApiClient
 ) -> None:
     core = client.CoreV1Api(kube)
-    core.create_namespaced_persistent_volume_claim(studies.namespace, {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "ckpt"},
-        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
-    studies.create("node-loss", {"searchSpace": {"x": {"type": "float", "low": -5, "high": 5}},
-                                 "budget": {"trials": 1}, "checkpoints": {"claimName": "ckpt"},
-                                 "trial": {"objective": "objectives:slow_with_checkpoints", "template": objectives}})
-    checkpointed = studies.wait("node-loss", lambda s: any((r.get("checkpointStep") or 0) >= 2 for r in (
-        s.get("status") or {}).get("runningTrials", [])), 180, "checkpoint step 2")
+    core.create_namespaced_persistent_volume_claim(
+        studies.namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "ckpt"},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
+    studies.create(
+        "node-loss",
+        {
+            "searchSpace": {"x": {"type": "float", "low": -5, "high": 5}},
+            "budget": {"trials": 1},
+            "checkpoints": {"claimName": "ckpt"},
+            "trial": {"objective": "objectives:slow_with_checkpoints", "template": objectives},
+        },
+    )
+    checkpointed = studies.wait(
+        "node-loss",
+        lambda s: any((r.get("checkpointStep") or 0) >= 2 for r in (s.get("status") or {}).get("runningTrials", [])),
+        180,
+        "checkpoint step 2",
+    )
     assert checkpointed
-    (pod,) = [p for p in core.list_namespaced_pod(studies.namespace, label_selector="hpo.dev/study=node-loss").items
-              if p.status.phase == "Running"]
+    (pod,) = [
+        p
+        for p in core.list_namespaced_pod(studies.namespace, label_selector="hpo.dev/study=node-loss").items
+        if p.status.phase == "Running"
+    ]
     index = next(node.index for node in NODES if node.name == pod.spec.node_name)
     with machine_down(index):
-        requeued = studies.wait("node-loss", lambda s: any(r.get("attempt", 0) >= 1 for r in (
-            s.get("status") or {}).get("runningTrials", [])), 300, "requeue the trial from the lost node")
+        requeued = studies.wait(
+            "node-loss",
+            lambda s: any(r.get("attempt", 0) >= 1 for r in (s.get("status") or {}).get("runningTrials", [])),
+            300,
+            "requeue the trial from the lost node",
+        )
         assert any(e.reason == "TrialRequeued" for e in studies.events("node-loss")), requeued
         done = studies.wait_phase("node-loss", "Succeeded", 300)
     assert trials_of(done)["complete"] == 1 and trials_of(done)["failed"] == 0
     (trial,) = studies.optuna_study("node-loss").trials
     assert trial.state == optuna.trial.TrialState.COMPLETE
     # The dead attempt, thawed with its node, cannot change what was told: its pod goes away unheard.
-    wait_for(lambda: not core.list_namespaced_pod(studies.namespace, label_selector="hpo.dev/study=node-loss").items,
-             180, "the lost attempt's pod to be removed once its node is back")
+    wait_for(
+        lambda: not core.list_namespaced_pod(studies.namespace, label_selector="hpo.dev/study=node-loss").items,
+        180,
+        "the lost attempt's pod to be removed once its node is back",
+    )
     (after,) = studies.optuna_study("node-loss").trials
     assert (after.state, after.value) == (trial.state, trial.value)

@@ -26,8 +26,13 @@ from tests.studies import Studies
 pytestmark = pytest.mark.e2e
 
 
-def spec(template: dict[str, Any], trials: int = 6, parallelism: int = 2, objective: str = "objectives:quadratic",
-         **extra: Any) -> dict[str, Any]:
+def spec(
+    template: dict[str, Any],
+    trials: int = 6,
+    parallelism: int = 2,
+    objective: str = "objectives:quadratic",
+    **extra: Any,
+) -> dict[str, Any]:
     return {
         "searchSpace": {"x": {"type": "float", "low": -5, "high": 5}, "y": {"type": "int", "low": 0, "high": 3}},
         "budget": {"trials": trials, "parallelism": parallelism},
@@ -38,11 +43,13 @@ def spec(template: dict[str, Any], trials: int = 6, parallelism: int = 2, object
 
 def counts(study: optuna.Study) -> dict[str, int]:
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    return {"complete": states.count(optuna.trial.TrialState.COMPLETE),
-            "pruned": states.count(optuna.trial.TrialState.PRUNED),
-            "failed": states.count(optuna.trial.TrialState.FAIL),
-            "running": states.count(optuna.trial.TrialState.RUNNING),
-            "waiting": 0}  # status.trials.waiting: RUNNING trials whose pod has not started (none at the end)
+    return {
+        "complete": states.count(optuna.trial.TrialState.COMPLETE),
+        "pruned": states.count(optuna.trial.TrialState.PRUNED),
+        "failed": states.count(optuna.trial.TrialState.FAIL),
+        "running": states.count(optuna.trial.TrialState.RUNNING),
+        "waiting": 0,
+    }  # status.trials.waiting: RUNNING trials whose pod has not started (none at the end)
 
 
 def test_a_study_completes_within_parallelism_and_its_status_matches_optuna(
@@ -88,13 +95,16 @@ def test_an_invalid_study_is_rejected_with_the_field_and_fixed_by_an_edit(
 def test_warm_start_runs_first_and_multi_objective_reports_a_pareto_front(
     studies: Studies, objectives: dict[str, Any]
 ) -> None:
-    studies.create("multi", {
-        "objective": {"directions": ["minimize", "minimize"], "metrics": ["a", "b"]},
-        "searchSpace": {"x": {"type": "float", "low": 0, "high": 1}},
-        "warmStart": [{"x": 0.25}],
-        "budget": {"trials": 5, "parallelism": 2},
-        "trial": {"objective": "objectives:two_objectives", "template": objectives},
-    })
+    studies.create(
+        "multi",
+        {
+            "objective": {"directions": ["minimize", "minimize"], "metrics": ["a", "b"]},
+            "searchSpace": {"x": {"type": "float", "low": 0, "high": 1}},
+            "warmStart": [{"x": 0.25}],
+            "budget": {"trials": 5, "parallelism": 2},
+            "trial": {"objective": "objectives:two_objectives", "template": objectives},
+        },
+    )
     done = studies.wait_phase("multi", "Succeeded")
     study = studies.optuna_study("multi")
     assert study.trials[0].params == {"x": 0.25}
@@ -109,13 +119,23 @@ def test_suspend_stops_trials_and_resume_finishes_without_losing_or_duplicating(
     template = {**objectives}
     template["spec"]["containers"][0]["env"].append({"name": "HPO_TEST_SLEEP", "value": "6"})
     studies.create("pause", spec(template, trials=4, parallelism=2))
-    studies.wait("pause", lambda s: (s.get("status") or {}).get("trials", {}).get("running", 0) == 2, 120,
-                 "run two trials")
+    studies.wait(
+        "pause", lambda s: (s.get("status") or {}).get("trials", {}).get("running", 0) == 2, 120, "run two trials"
+    )
     studies.patch("pause", {"suspend": True})
     studies.wait_phase("pause", "Suspended", 120)
     core = client.CoreV1Api(kube)
-    wait_for(lambda: not [p for p in core.list_namespaced_pod(studies.namespace).items
-                          if p.status.phase not in ("Succeeded", "Failed")], 60, "trial pods to stop")
+    wait_for(
+        lambda: (
+            not [
+                p
+                for p in core.list_namespaced_pod(studies.namespace).items
+                if p.status.phase not in ("Succeeded", "Failed")
+            ]
+        ),
+        60,
+        "trial pods to stop",
+    )
     studies.patch("pause", {"suspend": False})
     studies.wait_phase("pause", "Succeeded", 240)
     study = studies.optuna_study("pause")
@@ -128,17 +148,25 @@ def test_a_trial_whose_pod_is_deleted_resumes_from_its_checkpoint_on_the_other_n
     """The checkpoint claim is ReadWriteMany: the requeued attempt finds the checkpoint wherever it lands
     (the first attempt's node is cordoned, so it lands on the other)."""
     size = client.V1VolumeResourceRequirements(requests={"storage": "1Gi"})
-    claim = client.V1PersistentVolumeClaim(metadata=client.V1ObjectMeta(name="ckpt"),
-                                           spec=client.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteMany"],
-                                                                                   resources=size))
+    claim = client.V1PersistentVolumeClaim(
+        metadata=client.V1ObjectMeta(name="ckpt"),
+        spec=client.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteMany"], resources=size),
+    )
     core = client.CoreV1Api(kube)
     core.create_namespaced_persistent_volume_claim(studies.namespace, claim)
     cordoned = None
     try:
         with PodLogs(kube, studies.namespace, "hpo.dev/trial=0") as logs:
-            studies.create("resume", spec(objectives, trials=1, parallelism=1,
-                                          objective="objectives:slow_with_checkpoints",
-                                          checkpoints={"claimName": "ckpt"}))
+            studies.create(
+                "resume",
+                spec(
+                    objectives,
+                    trials=1,
+                    parallelism=1,
+                    objective="objectives:slow_with_checkpoints",
+                    checkpoints={"claimName": "ckpt"},
+                ),
+            )
 
             def first_pod_checkpointed() -> str | None:
                 return next((pod for pod, text in logs.all().items() if "checkpoint saved at step 3" in text), None)
@@ -167,8 +195,9 @@ def test_operator_killed_mid_study_still_ends_with_exactly_n_trials(
     template = {**objectives}
     template["spec"]["containers"][0]["env"].append({"name": "HPO_TEST_SLEEP", "value": "2"})
     studies.create("crash", spec(template, trials=8, parallelism=3))
-    studies.wait("crash", lambda s: (s.get("status") or {}).get("trials", {}).get("complete", 0) >= 2, 120,
-                 "finish two trials")
+    studies.wait(
+        "crash", lambda s: (s.get("status") or {}).get("trials", {}).get("complete", 0) >= 2, 120, "finish two trials"
+    )
     pid = int((ROOT / ".testbed" / "operator.pid").read_text())
     os.kill(pid, signal.SIGKILL)
     start_operator()
@@ -183,8 +212,7 @@ def test_deletion_drops_the_database_only_under_policy_delete_and_lookalike_name
     studies: Studies, objectives: dict[str, Any], testbed_env: dict[str, str]
 ) -> None:
     studies.create("keep-me", spec(objectives, trials=1, parallelism=1))
-    studies.create("keep.me", spec(objectives, trials=1, parallelism=1,
-                                   storage={"deletionPolicy": "Delete"}))
+    studies.create("keep.me", spec(objectives, trials=1, parallelism=1, storage={"deletionPolicy": "Delete"}))
     studies.wait_phase("keep-me", "Succeeded")
     studies.wait_phase("keep.me", "Succeeded")
     server = admin_server(testbed_env)
@@ -210,8 +238,12 @@ def test_a_running_study_refuses_immutable_edits_and_continues_when_its_budget_g
     assert "spec.objective cannot change once the study has started" in str(refused.value.body)
 
     studies.patch("grow", {"budget": {"trials": 3}})
-    done = studies.wait("grow", lambda s: (s.get("status") or {}).get("progress") == "3/3"
-                        and s["status"]["phase"] == "Succeeded", 120, "finish its third trial")
+    done = studies.wait(
+        "grow",
+        lambda s: (s.get("status") or {}).get("progress") == "3/3" and s["status"]["phase"] == "Succeeded",
+        120,
+        "finish its third trial",
+    )
     assert done["status"]["trials"]["complete"] == 3
     assert len(studies.optuna_study("grow").trials) == 3
 
@@ -219,9 +251,16 @@ def test_a_running_study_refuses_immutable_edits_and_continues_when_its_budget_g
 def test_crashes_are_retried_then_failed_and_too_many_failures_fail_the_study(
     studies: Studies, objectives: dict[str, Any]
 ) -> None:
-    studies.create("crashy", spec(objectives, trials=3, parallelism=1, objective="objectives:crash",
-                                  budget={"trials": 3, "parallelism": 1, "retriesPerTrial": 1,
-                                          "maxFailedTrials": 0}))
+    studies.create(
+        "crashy",
+        spec(
+            objectives,
+            trials=3,
+            parallelism=1,
+            objective="objectives:crash",
+            budget={"trials": 3, "parallelism": 1, "retriesPerTrial": 1, "maxFailedTrials": 0},
+        ),
+    )
     failed = studies.wait_phase("crashy", "Failed", 120)
     assert "more than spec.budget.maxFailedTrials" in failed["status"]["message"]
     trial = studies.optuna_study("crashy").trials[0]
@@ -237,8 +276,10 @@ def test_a_trial_pod_that_cannot_be_scheduled_fails_with_the_reason(
 ) -> None:
     template = {**objectives}
     template["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 99}}
-    studies.create("greedy", spec(template, trials=1, parallelism=1,
-                                  budget={"trials": 1, "parallelism": 1, "startTimeoutSeconds": 10}))
+    studies.create(
+        "greedy",
+        spec(template, trials=1, parallelism=1, budget={"trials": 1, "parallelism": 1, "startTimeoutSeconds": 10}),
+    )
     done = studies.wait_phase("greedy", "Failed", 90)  # its only trial failed: no trial completed
     assert done["status"]["trials"]["failed"] == 1
     assert {c["type"]: c for c in done["status"]["conditions"]}["Finished"]["reason"] == "NoTrialCompleted"
@@ -265,8 +306,16 @@ def test_a_deadline_with_policy_kill_stops_running_trials_and_leaves_none_runnin
 ) -> None:
     template = {**objectives}
     template["spec"]["containers"][0]["env"].append({"name": "HPO_TEST_SLEEP", "value": "30"})
-    studies.create("late", spec(template, trials=4, parallelism=2, endPolicy="Kill",
-                                budget={"trials": 4, "parallelism": 2, "deadlineSeconds": 5}))
+    studies.create(
+        "late",
+        spec(
+            template,
+            trials=4,
+            parallelism=2,
+            endPolicy="Kill",
+            budget={"trials": 4, "parallelism": 2, "deadlineSeconds": 5},
+        ),
+    )
     done = studies.wait_phase("late", "Failed", 120)  # both trials were stopped: none completed
     finished = {c["type"]: c for c in done["status"]["conditions"]}["Finished"]
     assert finished["reason"] == "NoTrialCompleted"

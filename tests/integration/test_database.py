@@ -36,8 +36,12 @@ Provision = Callable[..., tuple[database.StudyNames, database.Credentials]]
 
 @pytest.fixture
 def server(testbed_env: dict[str, str]) -> database.Server:
-    return database.Server(testbed_env["HPO_MYSQL_HOST"], int(testbed_env["HPO_MYSQL_PORT"]),
-                           testbed_env["HPO_MYSQL_USER"], testbed_env["HPO_MYSQL_PASSWORD"])
+    return database.Server(
+        testbed_env["HPO_MYSQL_HOST"],
+        int(testbed_env["HPO_MYSQL_PORT"]),
+        testbed_env["HPO_MYSQL_USER"],
+        testbed_env["HPO_MYSQL_PASSWORD"],
+    )
 
 
 @pytest.fixture
@@ -45,8 +49,9 @@ def provision(server: database.Server) -> Iterator[Provision]:
     """Provision studies as the operator does; drop everything they got afterwards."""
     made: list[tuple[str, str]] = []
 
-    def make(namespace: str, name: str, claimed: str | None = None,
-             password: str | None = None) -> tuple[database.StudyNames, database.Credentials]:
+    def make(
+        namespace: str, name: str, claimed: str | None = None, password: str | None = None
+    ) -> tuple[database.StudyNames, database.Credentials]:
         credentials = database.Credentials(password or database.new_password(), database.new_password(), claimed)
         made.append((namespace, name))
         return database.provision(server, namespace, name, credentials), credentials
@@ -57,8 +62,9 @@ def provision(server: database.Server) -> Iterator[Provision]:
 
 
 def connect(server: database.Server, user: str, password: str, db: str | None = None) -> pymysql.Connection[Any]:
-    return pymysql.connect(host=server.host, port=server.port, user=user, password=password, database=db,
-                           autocommit=True)
+    return pymysql.connect(
+        host=server.host, port=server.port, user=user, password=password, database=db, autocommit=True
+    )
 
 
 def refused(connection: pymysql.Connection[Any], statement: str) -> bool:
@@ -129,8 +135,7 @@ def test_the_read_only_user_reads_its_study_and_writes_nothing(server: database.
         assert refused(own, "UPDATE trials SET state = 'FAIL'")
 
 
-def test_provisioning_again_is_harmless_and_keeps_the_password(server: database.Server,
-                                                               provision: Provision) -> None:
+def test_provisioning_again_is_harmless_and_keeps_the_password(server: database.Server, provision: Provision) -> None:
     ns = namespace()
     first, credentials = provision(ns, "again")
     second = database.provision(server, ns, "again", credentials)
@@ -147,8 +152,9 @@ def test_a_crafted_claim_on_another_studys_database_is_refused_and_changes_nothi
         provision(attacker_ns, "attacker", claimed=victim.database)
     connect(server, victim.user, victim_credentials.password, victim.database).close()  # password untouched
     with connect(server, server.admin_user, server.admin_password) as admin, admin.cursor() as cursor:
-        cursor.execute("SELECT COUNT(*) FROM mysql.user WHERE user = %s",
-                       (database.names_for(attacker_ns, "attacker").user,))
+        cursor.execute(
+            "SELECT COUNT(*) FROM mysql.user WHERE user = %s", (database.names_for(attacker_ns, "attacker").user,)
+        )
         assert cursor.fetchone() == (0,), "nothing was created for the refused claim"
 
 
@@ -199,8 +205,10 @@ def test_drop_removes_only_what_the_record_gives_the_study(server: database.Serv
     dropped, _ = provision(ns, "dropped")
     assert database.drop(server, ns, "dropped") == dropped
     with connect(server, server.admin_user, server.admin_password) as admin, admin.cursor() as cursor:
-        cursor.execute("SELECT schema_name FROM information_schema.schemata WHERE schema_name IN (%s, %s)",
-                       (kept.database, dropped.database))
+        cursor.execute(
+            "SELECT schema_name FROM information_schema.schemata WHERE schema_name IN (%s, %s)",
+            (kept.database, dropped.database),
+        )
         assert cursor.fetchall() == ((kept.database,),)
         cursor.execute("SELECT user FROM mysql.user WHERE user IN (%s, %s)", (dropped.user, dropped.reader))
         assert cursor.fetchall() == ()
@@ -210,8 +218,12 @@ def test_the_admin_password_is_never_sent_in_clear_text() -> None:
     hostile = FakeMySQL()
     try:
         with pytest.raises(database.DatabaseError, match="clear text"):
-            database.provision(database.Server(hostile.host, hostile.port, "hpo_admin", "admin-password-1"),
-                               "team", "study", database.Credentials("p" * 12, "r" * 12))
+            database.provision(
+                database.Server(hostile.host, hostile.port, "hpo_admin", "admin-password-1"),
+                "team",
+                "study",
+                database.Credentials("p" * 12, "r" * 12),
+            )
         assert hostile.users() == ["hpo_admin"] and hostile.passwords() == []
     finally:
         hostile.close()
@@ -227,11 +239,17 @@ def _other_ca() -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone else's CA")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
@@ -240,11 +258,17 @@ def test_with_tls_the_server_must_prove_itself_and_the_studys_users_require_tls(
     ns, credentials = namespace(), database.Credentials(database.new_password(), database.new_password())
     names = database.provision(tls, ns, "tls", credentials)
     try:
-        pymysql.connect(host=server.host, port=server.port, user=names.user, password=credentials.password,
-                        **database.connect_args(tls.tls)).close()
+        pymysql.connect(
+            host=server.host,
+            port=server.port,
+            user=names.user,
+            password=credentials.password,
+            **database.connect_args(tls.tls),
+        ).close()
         with pytest.raises(pymysql.err.OperationalError, match="Access denied"):
-            pymysql.connect(host=server.host, port=server.port, user=names.user, password=credentials.password,
-                            ssl_disabled=True)
+            pymysql.connect(
+                host=server.host, port=server.port, user=names.user, password=credentials.password, ssl_disabled=True
+            )
         impostor = dataclasses.replace(server, tls=database.Tls(ca_pem=_other_ca()))
         with pytest.raises(database.DatabaseError, match="certificate verify failed"):
             database.provision(impostor, ns, "tls", credentials)

@@ -52,16 +52,21 @@ class FakeCluster:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(kube, "read_secret", lambda ns, name: self.secrets.get(name))
-        monkeypatch.setattr(kube, "secret_keys", lambda ns, name: frozenset(self.secrets[name])
-                            if name in self.secrets else None)
+        monkeypatch.setattr(
+            kube, "secret_keys", lambda ns, name: frozenset(self.secrets[name]) if name in self.secrets else None
+        )
         monkeypatch.setattr(kube, "claim_exists", lambda ns, name: name in self.claims)
-        monkeypatch.setattr(kube, "ensure_secret", lambda ns, name, data, owner: self.secrets.__setitem__(
-            name, {**self.secrets.get(name, {}), **data}))
+        monkeypatch.setattr(
+            kube,
+            "ensure_secret",
+            lambda ns, name, data, owner: self.secrets.__setitem__(name, {**self.secrets.get(name, {}), **data}),
+        )
         monkeypatch.setattr(kube, "create_owned", self._create)
         monkeypatch.setattr(kube, "delete_job", self._delete)
         monkeypatch.setattr(kube, "patch_status", self._patch)
-        monkeypatch.setattr(kube, "create_event", lambda event: self.events.append(
-            (event["type"], event["reason"], event["message"])))
+        monkeypatch.setattr(
+            kube, "create_event", lambda event: self.events.append((event["type"], event["reason"], event["message"]))
+        )
         monkeypatch.setattr(kube, "dry_run_job", lambda job: None)
 
     def _create(self, manifest: dict[str, Any], owner: dict[str, Any]) -> None:
@@ -83,8 +88,15 @@ class FakeCluster:
         for name, job in self.jobs.items():
             labels = job["metadata"]["labels"]
             pod = self.pods.get(name)
-            jobs.append(JobSummary(name, int(labels["hpo.dev/trial"]), int(labels["hpo.dev/attempt"]),
-                                   created=ago(1), failed=pod is not None and pod.phase == "Failed"))
+            jobs.append(
+                JobSummary(
+                    name,
+                    int(labels["hpo.dev/trial"]),
+                    int(labels["hpo.dev/attempt"]),
+                    created=ago(1),
+                    failed=pod is not None and pod.phase == "Failed",
+                )
+            )
         return list(self.pods.values()), jobs
 
     def start_pods(self) -> None:
@@ -92,8 +104,16 @@ class FakeCluster:
         for name, job in self.jobs.items():
             if name not in self.pods:
                 labels = job["metadata"]["labels"]
-                self.pods[name] = PodSummary(f"{name}-x", int(labels["hpo.dev/trial"]), int(labels["hpo.dev/attempt"]),
-                                             "Running", created=ago(1), started=True, ready=True, started_at=ago(1))
+                self.pods[name] = PodSummary(
+                    f"{name}-x",
+                    int(labels["hpo.dev/trial"]),
+                    int(labels["hpo.dev/attempt"]),
+                    "Running",
+                    created=ago(1),
+                    started=True,
+                    ready=True,
+                    started_at=ago(1),
+                )
 
     def assignment(self, job: str) -> dict[str, Any]:
         env = self.jobs[job]["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -101,8 +121,14 @@ class FakeCluster:
 
     def end(self, job: str, exit_code: int, message: str = "", finished: datetime.datetime | None = None) -> None:
         pod = self.pods[job]
-        self.pods[job] = replace(pod, phase="Succeeded" if exit_code == 0 else "Failed", exit_code=exit_code,
-                                 message=message, ready=False, finished_at=finished or ago(0))
+        self.pods[job] = replace(
+            pod,
+            phase="Succeeded" if exit_code == 0 else "Failed",
+            exit_code=exit_code,
+            message=message,
+            ready=False,
+            finished_at=finished or ago(0),
+        )
 
     def running_jobs(self) -> list[str]:
         return [name for name, pod in self.pods.items() if pod.phase == "Running"]
@@ -118,8 +144,16 @@ class Harness:
 
     def run(self) -> dict[str, Any]:
         pods, jobs = self.cluster.summaries()
-        body = {"metadata": {"name": self.loop.name, "namespace": self.loop.namespace, "generation": self.generation,
-                             "uid": self.uid}, "spec": self.spec, "status": dict(self.cluster.status)}
+        body = {
+            "metadata": {
+                "name": self.loop.name,
+                "namespace": self.loop.namespace,
+                "generation": self.generation,
+                "uid": self.uid,
+            },
+            "spec": self.spec,
+            "status": dict(self.cluster.status),
+        }
         self.loop.run(body, pods, jobs)
         return self.cluster.status
 
@@ -128,8 +162,10 @@ class Harness:
         self.generation += 1
 
     def study(self) -> optuna.Study:
-        return optuna.load_study(study_name=self.loop.name, storage=self.cluster.secrets[f"{self.loop.name}-storage"]
-                                 ["url"].replace("{", "{{").replace("}", "}}"))
+        return optuna.load_study(
+            study_name=self.loop.name,
+            storage=self.cluster.secrets[f"{self.loop.name}-storage"]["url"].replace("{", "{{").replace("}", "}}"),
+        )
 
     def tell(self, job: str, value: float | None, state: TrialState = TrialState.COMPLETE) -> None:
         """What a trial pod does at its end: tell Optuna, then exit 0."""
@@ -147,14 +183,17 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
 
 @pytest.fixture
 def settings(testbed_env: dict[str, str]) -> Settings:
-    return Settings(mysql_host=testbed_env["HPO_MYSQL_HOST"], mysql_port=int(testbed_env["HPO_MYSQL_PORT"]),
-                    mysql_user=testbed_env["HPO_MYSQL_USER"], mysql_password=testbed_env["HPO_MYSQL_PASSWORD"],
-                    trial_image="trial:1")
+    return Settings(
+        mysql_host=testbed_env["HPO_MYSQL_HOST"],
+        mysql_port=int(testbed_env["HPO_MYSQL_PORT"]),
+        mysql_user=testbed_env["HPO_MYSQL_USER"],
+        mysql_password=testbed_env["HPO_MYSQL_PASSWORD"],
+        trial_image="trial:1",
+    )
 
 
 @pytest.fixture
-def harness(settings: Settings, monkeypatch: pytest.MonkeyPatch,
-            testbed_env: dict[str, str]) -> Iterator[Any]:
+def harness(settings: Settings, monkeypatch: pytest.MonkeyPatch, testbed_env: dict[str, str]) -> Iterator[Any]:
     made: list[Harness] = []
 
     def make(spec: dict[str, Any], name: str = "study", **overrides: Any) -> Harness:
@@ -225,8 +264,11 @@ def test_a_finished_study_posts_its_end_once_releases_its_connections_and_contin
 
 
 def test_a_huge_parallelism_is_capped_and_dispatch_waits_for_pods_to_start(harness: Any) -> None:
-    h = harness({"searchSpace": SPACE, "budget": {"trials": 10**9, "parallelism": 10**9}},
-                max_parallelism=8, max_waiting_trials=3)
+    h = harness(
+        {"searchSpace": SPACE, "budget": {"trials": 10**9, "parallelism": 10**9}},
+        max_parallelism=8,
+        max_waiting_trials=3,
+    )
     status = h.run()
     assert len(h.cluster.jobs) == 3, "no more Jobs than HPO_MAX_WAITING_TRIALS while none has started"
     assert status["parallelism"] == 8
@@ -238,8 +280,13 @@ def test_a_huge_parallelism_is_capped_and_dispatch_waits_for_pods_to_start(harne
     assert len(h.cluster.jobs) == 3, "still none started: still three"
     h.cluster.start_pods()
     status = h.run()
-    assert len(h.cluster.jobs) == 6 and status["trials"] == {"running": 3, "waiting": 3, "complete": 0,
-                                                             "pruned": 0, "failed": 0}
+    assert len(h.cluster.jobs) == 6 and status["trials"] == {
+        "running": 3,
+        "waiting": 3,
+        "complete": 0,
+        "pruned": 0,
+        "failed": 0,
+    }
     h.cluster.start_pods()
     h.run()
     assert len(h.cluster.jobs) == 8, "never more than the capped parallelism"
@@ -290,8 +337,13 @@ def test_a_trial_on_a_lost_node_is_requeued_and_its_old_attempt_fenced(harness: 
 
 
 def test_warm_start_sets_beyond_the_budget_are_not_queued_until_the_budget_grows(harness: Any) -> None:
-    h = harness({"searchSpace": SPACE, "budget": {"trials": 2, "parallelism": 1},
-                 "warmStart": [{"x": 0.1}, {"x": 0.2}, {"x": 0.3}]})
+    h = harness(
+        {
+            "searchSpace": SPACE,
+            "budget": {"trials": 2, "parallelism": 1},
+            "warmStart": [{"x": 0.1}, {"x": 0.2}, {"x": 0.3}],
+        }
+    )
     h.run()
     states = [t.state for t in h.study().get_trials(deepcopy=False)]
     assert states == [TrialState.RUNNING, TrialState.WAITING], "two queued, the third is beyond the budget"
@@ -307,8 +359,9 @@ def test_a_missing_claim_fails_the_study_naming_the_field_until_it_exists(harnes
     assert status["phase"] == "Failed" and h.cluster.jobs == {}
     validated = condition(status, "Validated")
     assert validated["reason"] == "ReferenceNotFound"
-    assert validated["message"].startswith(f"spec.checkpoints.claimName: PersistentVolumeClaim ckpt does not exist "
-                                           f"in namespace {h.loop.namespace}")
+    assert validated["message"].startswith(
+        f"spec.checkpoints.claimName: PersistentVolumeClaim ckpt does not exist in namespace {h.loop.namespace}"
+    )
     assert h.reasons() == ["ReferenceNotFound"]
     h.run()
     assert h.reasons() == ["ReferenceNotFound"], "once"
@@ -321,8 +374,9 @@ def test_an_invalid_spec_gets_a_status_and_no_database(harness: Any, testbed_env
     h = harness({"budget": {"trials": 2}, "trial": {"template": {"spec": {"containers": {"name": "trial"}}}}})
     status = h.run()
     assert status["phase"] == "Failed" and "startedAt" not in status
-    assert condition(status, "Validated")["message"].startswith("spec.trial.template.spec.containers: must be a "
-                                                                "list of objects")
+    assert condition(status, "Validated")["message"].startswith(
+        "spec.trial.template.spec.containers: must be a list of objects"
+    )
     assert h.reasons() == ["InvalidSpec"] and h.cluster.jobs == {} and h.cluster.secrets == {}
 
 
@@ -356,12 +410,19 @@ def test_the_dry_run_refusal_of_the_first_trial_job_fails_the_study_naming_the_f
     harness: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = harness({"searchSpace": SPACE, "budget": {"trials": 1}})
-    monkeypatch.setattr(kube, "dry_run_job", lambda job: {"details": {"causes": [
-        {"field": "spec.template.spec.containers[0].image", "message": "Required value"}]}})
+    monkeypatch.setattr(
+        kube,
+        "dry_run_job",
+        lambda job: {
+            "details": {"causes": [{"field": "spec.template.spec.containers[0].image", "message": "Required value"}]}
+        },
+    )
     status = h.run()
     assert status["phase"] == "Failed" and h.cluster.jobs == {}
-    assert condition(status, "Validated")["message"] == \
-        "spec.trial.template.spec.containers[0].image: the API server refuses it: Required value"
+    assert (
+        condition(status, "Validated")["message"]
+        == "spec.trial.template.spec.containers[0].image: the API server refuses it: Required value"
+    )
 
 
 def test_reconcile_declares_every_database_error_it_treats_as_an_outage() -> None:

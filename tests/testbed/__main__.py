@@ -35,8 +35,11 @@ def main(argv: list[str]) -> int:
     elif command == "provisioner":
         return provisioner.run(argv[2])
     else:
-        print(f"unknown command {command!r}: use up, down, status, build, operator-up, operator-down, "
-              "images, images-check or images-prune", file=sys.stderr)
+        print(
+            f"unknown command {command!r}: use up, down, status, build, operator-up, operator-down, "
+            "images, images-check or images-prune",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

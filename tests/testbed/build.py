@@ -85,8 +85,10 @@ COMPONENTS = (
     ),
     Component(
         "containerd",
-        ("github.com/containerd/containerd/v2/cmd/containerd",
-         "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"),
+        (
+            "github.com/containerd/containerd/v2/cmd/containerd",
+            "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+        ),
         layout.CONTAINERD_VERSION,
         # Without the stamp the CRI reports "2.4.2+unknown"; the node shows containerd://<this>.
         ldflags=(f"-X github.com/containerd/containerd/v2/version.Version={layout.CONTAINERD_VERSION.lstrip('v')}",),
@@ -95,8 +97,10 @@ COMPONENTS = (
         "cni",
         tuple(f"github.com/containernetworking/plugins/plugins/{plugin}" for plugin in CNI_PLUGINS),
         layout.CNI_PLUGINS_VERSION,
-        ldflags=("-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion="
-                 f"{layout.CNI_PLUGINS_VERSION}",),
+        ldflags=(
+            "-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion="
+            f"{layout.CNI_PLUGINS_VERSION}",
+        ),
     ),
     Component("coredns", ("github.com/coredns/coredns",), layout.COREDNS_VERSION),
     Component(
@@ -129,15 +133,25 @@ def build(component: Component) -> Path:
     total = len(
         subprocess.run(
             ["go", "list", "-deps", *component.packages],
-            cwd=component.source, env=env, check=True, capture_output=True, text=True,
+            cwd=component.source,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.split()
     )
     hint = "; a cold build of kube takes ~20 min on 2 cores" if component.module == "kube" else ""
     print(f"building {component.module} {component.version} ({total} packages{hint})", flush=True)
     command = [
-        "go", "build", "-v", "-trimpath",
-        "-ldflags", " ".join(("-s", "-w", *component.ldflags)),
-        "-o", f"{folder}/", *component.packages,
+        "go",
+        "build",
+        "-v",
+        "-trimpath",
+        "-ldflags",
+        " ".join(("-s", "-w", *component.ldflags)),
+        "-o",
+        f"{folder}/",
+        *component.packages,
     ]
     started = time.monotonic()
     compiled = 0
@@ -152,8 +166,10 @@ def build(component: Component) -> Path:
             compiled += 1
             if time.monotonic() - last_report > 20:
                 last_report = time.monotonic()
-                print(f"  {component.module}: compiled {compiled}/{total} packages, "
-                      f"{last_report - started:.0f}s", flush=True)
+                print(
+                    f"  {component.module}: compiled {compiled}/{total} packages, {last_report - started:.0f}s",
+                    flush=True,
+                )
     if process.returncode != 0:
         sys.stderr.writelines(errors)
         raise SystemExit(f"go build of tests/testbed/go/{component.module} failed (exit {process.returncode})")

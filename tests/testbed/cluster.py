@@ -56,15 +56,17 @@ def _wait(check: Callable[[], object], what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise SystemExit(f"testbed-up: {what} did not happen within {timeout:.0f}s; "
-                             f"see the logs in {layout.LOGS}")
+            raise SystemExit(f"testbed-up: {what} did not happen within {timeout:.0f}s; see the logs in {layout.LOGS}")
         time.sleep(0.25)
 
 
 def _write_env() -> None:
     password = (layout.TESTBED / "mariadb" / "admin-password").read_text().strip()
-    image_lines = "".join(f"export {variable}={reference}\n" for variable, reference in images.references().items()
-                          if variable != "HPO_TESTBED_PAUSE_IMAGE")
+    image_lines = "".join(
+        f"export {variable}={reference}\n"
+        for variable, reference in images.references().items()
+        if variable != "HPO_TESTBED_PAUSE_IMAGE"
+    )
     ENV_FILE.write_text(
         "# Source me: the testbed's kubeconfig, kubectl and helm, the MariaDB admin connection (an address\n"
         "# pods and this host both reach) and the images in the testbed's registry.\n"
@@ -89,8 +91,12 @@ def _start_supervisor() -> None:
     password_file.chmod(0o600)
     with open(layout.LOGS / "supervisor.log", "ab") as log:
         subprocess.Popen(
-            [sys.executable, "-m", "tests.testbed", "supervise"], cwd=layout.ROOT, start_new_session=True,
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "tests.testbed", "supervise"],
+            cwd=layout.ROOT,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     shown = ""
     while (phase := _state().get("phase")) != "ready":
@@ -124,16 +130,27 @@ def _pull_on_every_node(core: client.CoreV1Api, reference: str) -> None:
     first trial pods start in seconds rather than after a minute of unpacking the trial image."""
     names = [f"pull-{node.index}" for node in NODES]
     for name, node in zip(names, NODES, strict=True):
-        core.create_namespaced_pod("kube-system", {
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"nodeName": node.name, "restartPolicy": "Never", "automountServiceAccountToken": False,
-                     "containers": [{"name": "pull", "image": reference, "command": ["true"]}]}})
+        core.create_namespaced_pod(
+            "kube-system",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name},
+                "spec": {
+                    "nodeName": node.name,
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "containers": [{"name": "pull", "image": reference, "command": ["true"]}],
+                },
+            },
+        )
 
     def pulled() -> bool:
         phases = [core.read_namespaced_pod(name, "kube-system").status.phase for name in names]
         if "Failed" in phases:
-            raise SystemExit(f"testbed-up: a node could not run {reference}; see `kubectl -n kube-system "
-                             "describe pod pull-1`")
+            raise SystemExit(
+                f"testbed-up: a node could not run {reference}; see `kubectl -n kube-system describe pod pull-1`"
+            )
         return all(phase == "Succeeded" for phase in phases)
 
     _wait(pulled, f"every node to pull {reference}", 600)
@@ -151,8 +168,12 @@ def _bootstrap(core: client.CoreV1Api) -> None:
         _advertise_gpus(core, node.name)
     _wait(default_service_account, "the default ServiceAccount", 60)
     trial_image = images.references()["HPO_TRIAL_IMAGE"]
-    if not any(trial_image in name for node in core.list_node().items for image in node.status.images or []
-               for name in image.names or []):
+    if not any(
+        trial_image in name
+        for node in core.list_node().items
+        for image in node.status.images or []
+        for name in image.names or []
+    ):
         print("  pulling the trial image on every node (first start: about a minute)", flush=True)
         _pull_on_every_node(core, trial_image)
 
@@ -176,15 +197,19 @@ def up() -> None:
         pki.ensure()
         _start_supervisor()
     elif _state().get("phase") != "ready":
-        raise SystemExit(f"testbed is {_state().get('phase')}: {_state().get('message')}. "
-                         "Run `make testbed-down` then `make testbed-up`.")
+        raise SystemExit(
+            f"testbed is {_state().get('phase')}: {_state().get('message')}. "
+            "Run `make testbed-down` then `make testbed-up`."
+        )
     core = client.CoreV1Api(config.new_client_from_config(config_file=str(KUBECONFIG)))
     _bootstrap(core)
     _write_env()
     print(f"stage: cluster ready in {time.monotonic() - stage:.0f}s", flush=True)
-    print(f"testbed up in {time.monotonic() - started:.0f}s: Kubernetes {layout.KUBERNETES_VERSION} on "
-          f"{len(NODES)} nodes, MariaDB on {layout.HOST_IP}:{layout.MYSQL_PORT}. Use it with: source .testbed/env",
-          flush=True)
+    print(
+        f"testbed up in {time.monotonic() - started:.0f}s: Kubernetes {layout.KUBERNETES_VERSION} on "
+        f"{len(NODES)} nodes, MariaDB on {layout.HOST_IP}:{layout.MYSQL_PORT}. Use it with: source .testbed/env",
+        flush=True,
+    )
 
 
 def require_running(what: str) -> int:
@@ -193,13 +218,16 @@ def require_running(what: str) -> int:
     if pid is None:
         raise SystemExit(f"{what}: the testbed is not running; start it with `make testbed-up`")
     if _state().get("phase") != "ready":
-        raise SystemExit(f"{what}: the testbed is {_state().get('phase')} ({_state().get('message')}); "
-                         "restart it with `make testbed-down testbed-up`")
+        raise SystemExit(
+            f"{what}: the testbed is {_state().get('phase')} ({_state().get('message')}); "
+            "restart it with `make testbed-down testbed-up`"
+        )
     return pid
 
 
-def start_extra(name: str, argv: list[str], env: dict[str, str], ready: Callable[[], bool],
-                timeout: float = 120) -> int:
+def start_extra(
+    name: str, argv: list[str], env: dict[str, str], ready: Callable[[], bool], timeout: float = 120
+) -> int:
     """Have the supervisor run ``argv`` as `name` (idempotent: a live one with the same command and
     environment is kept, a dead one replaced, one with another command or environment restarted)."""
     pid = require_running(name)
@@ -282,13 +310,15 @@ def status() -> int:
     print(f"supervisor  pid {pid}  {state.get('phase')}: {state.get('message')}")
     services = state.get("services", {})
     healthy = state.get("phase") == "ready"
-    for name, service_pid in (services.items() if isinstance(services, dict) else []):
+    for name, service_pid in services.items() if isinstance(services, dict) else []:
         alive = is_alive(int(service_pid))
         healthy &= alive
         print(f"{name:<24}pid {service_pid:<8}{'running' if alive else 'DEAD'}")
     if healthy:
-        nodes = subprocess.run([str(layout.BIN / "kubectl"), "--kubeconfig", str(KUBECONFIG), "get", "nodes", "-o",
-                                "wide"],
-                               capture_output=True, text=True)
+        nodes = subprocess.run(
+            [str(layout.BIN / "kubectl"), "--kubeconfig", str(KUBECONFIG), "get", "nodes", "-o", "wide"],
+            capture_output=True,
+            text=True,
+        )
         print(nodes.stdout or nodes.stderr, end="")
     return 0 if healthy else 1

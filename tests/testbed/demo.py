@@ -16,11 +16,14 @@ TIMEOUT = 900
 
 
 def kubectl(*args: str) -> str:
-    result = subprocess.run([str(layout.BIN / "kubectl"), "--kubeconfig", str(cluster.KUBECONFIG), *args],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [str(layout.BIN / "kubectl"), "--kubeconfig", str(cluster.KUBECONFIG), *args], capture_output=True, text=True
+    )
     if result.returncode != 0:
-        raise SystemExit(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}\n"
-                         "Is the testbed still up? `make testbed-status` tells; `make demo` picks up where it was.")
+        raise SystemExit(
+            f"kubectl {' '.join(args)} failed: {result.stderr.strip()}\n"
+            "Is the testbed still up? `make testbed-status` tells; `make demo` picks up where it was."
+        )
     return result.stdout
 
 
@@ -48,9 +51,11 @@ def main() -> None:
         print(f"best value (val_loss): {best['value']}  (trial {best['number']})")
         for name, value in best["params"].items():
             print(f"  {name} = {value}")
-    print("\nEverything keeps running: `source .testbed/env`, then e.g. `kubectl get hpostudies`, "
-          "`kubectl describe hpostudy quickstart`, `kubectl logs -l hpo.dev/study=quickstart`.\n"
-          "Stop it all with `make testbed-down`.")
+    print(
+        "\nEverything keeps running: `source .testbed/env`, then e.g. `kubectl get hpostudies`, "
+        "`kubectl describe hpostudy quickstart`, `kubectl logs -l hpo.dev/study=quickstart`.\n"
+        "Stop it all with `make testbed-down`."
+    )
 
 
 if __name__ == "__main__":

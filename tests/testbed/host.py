@@ -77,8 +77,12 @@ def _cgroup_folders(node: Node) -> list[Path]:
 def _kill_cgroup_processes(node: Node) -> None:
     """SIGKILL every process left in the node's cgroups (containers outlive a stopped containerd)."""
     for _ in range(50):
-        pids = {int(pid) for folder in _cgroup_folders(node) if (folder / "cgroup.procs").exists()
-                for pid in (folder / "cgroup.procs").read_text().split()}
+        pids = {
+            int(pid)
+            for folder in _cgroup_folders(node)
+            if (folder / "cgroup.procs").exists()
+            for pid in (folder / "cgroup.procs").read_text().split()
+        }
         if not pids:
             return
         for pid in pids:
@@ -137,8 +141,7 @@ def _remove_kube_chains() -> None:
     the jumps to them from the built-in chains."""
     for command in ("iptables", "ip6tables"):
         for table in ("filter", "nat", "mangle"):
-            saved = subprocess.run([f"{command}-save", "-t", table], capture_output=True, text=True,
-                                   check=False).stdout
+            saved = subprocess.run([f"{command}-save", "-t", table], capture_output=True, text=True, check=False).stdout
             for line in saved.splitlines():
                 rule = shlex.split(line) if line.startswith("-A ") else []
                 if "-j" in rule and rule[rule.index("-j") + 1].startswith("KUBE-") and not rule[1].startswith("KUBE-"):

@@ -110,18 +110,34 @@ class Check:
 
 
 CHECKS = (
-    Check("trial", (("hpo-trial", "--help"), ("tar", "--version"), ("python", "-c", SAMPLERS),
-                    ("python", "-c", WORKLOAD)), "10001:10001", env=(("HPO_QUICK_SCAN", "1"),)),
+    Check(
+        "trial",
+        (("hpo-trial", "--help"), ("tar", "--version"), ("python", "-c", SAMPLERS), ("python", "-c", WORKLOAD)),
+        "10001:10001",
+        env=(("HPO_QUICK_SCAN", "1"),),
+    ),
     Check("operator", (("hpo-operator", "--help"), ("python", "-c", SAMPLERS)), "10001:10001"),
-    Check("mysql", (("sh", "-c", MYSQL),), "999:999", volumes=("/var/lib/mysql", "/var/run/mysqld"),
-          env=(("MYSQL_ROOT_PASSWORD", "a 'quoted' \\ password"),), host_network=True),
+    Check(
+        "mysql",
+        (("sh", "-c", MYSQL),),
+        "999:999",
+        volumes=("/var/lib/mysql", "/var/run/mysqld"),
+        env=(("MYSQL_ROOT_PASSWORD", "a 'quoted' \\ password"),),
+        host_network=True,
+    ),
     Check("dashboard", (("optuna-dashboard", "--help"), ("python", "-c", DASHBOARD)), "65532:65532"),
 )
 
 
-def runtime_config(template: dict[str, Any], rootfs: Path, args: Sequence[str], image_config: dict[str, Any],
-                   env: Sequence[tuple[str, str]], binds: Sequence[tuple[Path, str]],
-                   host_network: bool) -> dict[str, Any]:
+def runtime_config(
+    template: dict[str, Any],
+    rootfs: Path,
+    args: Sequence[str],
+    image_config: dict[str, Any],
+    env: Sequence[tuple[str, str]],
+    binds: Sequence[tuple[Path, str]],
+    host_network: bool,
+) -> dict[str, Any]:
     """runc's config.json for one command: ``template`` (`runc spec`'s) made to run as a restricted pod.
 
     The image's user, environment and working directory; a read-only root; no capabilities; a
@@ -147,8 +163,10 @@ def runtime_config(template: dict[str, Any], rootfs: Path, args: Sequence[str], 
     config["mounts"] = [
         *config["mounts"],
         {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
-        *({"destination": target, "type": "bind", "source": str(source), "options": ["rbind", "rw"]}
-          for source, target in binds),
+        *(
+            {"destination": target, "type": "bind", "source": str(source), "options": ["rbind", "rw"]}
+            for source, target in binds
+        ),
     ]
     if host_network:
         config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"] if ns["type"] != "network"]
@@ -191,8 +209,13 @@ def run_check(check: Check, ref: str) -> None:
             name = f"hpo-check-{check.image}-{number}"
             started = time.monotonic()
             try:
-                result = subprocess.run(["runc", "--root", str(RUNC_ROOT), "run", "--bundle", str(bundle), name],
-                                        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+                result = subprocess.run(
+                    ["runc", "--root", str(RUNC_ROOT), "run", "--bundle", str(bundle), name],
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                    stdin=subprocess.DEVNULL,
+                )
             finally:
                 subprocess.run(["runc", "--root", str(RUNC_ROOT), "delete", "--force", name], capture_output=True)
             output = (result.stdout + result.stderr).strip()
@@ -201,8 +224,11 @@ def run_check(check: Check, ref: str) -> None:
                 raise AssertionError(f"{check.image}: `{shown}` exited {result.returncode}:\n{output}")
             scripted = args[0] in ("python", "sh")
             details = [] if "--help" in args else output.splitlines()[-12:] if scripted else output.splitlines()[:1]
-            print(f"  {check.image}: `{shown}` ok in {time.monotonic() - started:.1f}s"
-                  + "".join(f"\n    {line}" for line in details), flush=True)
+            print(
+                f"  {check.image}: `{shown}` ok in {time.monotonic() - started:.1f}s"
+                + "".join(f"\n    {line}" for line in details),
+                flush=True,
+            )
 
 
 def check_all(refs: dict[str, str]) -> None:

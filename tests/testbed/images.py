@@ -94,6 +94,7 @@ IMAGES = (
 
 # --- Inputs and tags (pure) ---------------------------------------------------------------------
 
+
 def instructions(dockerfile: str) -> list[str]:
     """The Dockerfile's instructions, one string each: continuation lines joined, comments dropped."""
     result: list[str] = []
@@ -167,9 +168,11 @@ def image_tag(dockerfile: Path, context: Path, build_args: dict[str, str]) -> st
 def mmdebstrap_arguments() -> list[str]:
     """mmdebstrap's arguments for the base (the output file is added by the caller)."""
     return [
-        "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+        "--variant=minbase",
+        f"--include={','.join(BASE_PACKAGES)}",
         *(f"--dpkgopt={option}" for option in BASE_DPKG_OPTIONS),
-        "--format=tar", DEBIAN_SUITE,
+        "--format=tar",
+        DEBIAN_SUITE,
     ]
 
 
@@ -197,6 +200,7 @@ def references() -> dict[str, str]:
 
 
 # --- buildah -------------------------------------------------------------------------------------
+
 
 def buildah_argv(*arguments: str) -> list[str]:
     """buildah with the project's own storage, outside the clone and apart from the machine's."""
@@ -228,9 +232,17 @@ def _run_logged(argv: list[str], log: Path, label: str, shown: Callable[[str], b
     silence, how long it has run, so a long pip download does not look like a hang."""
     started = last = time.monotonic()
     tail: list[str] = []
-    with open(log, "w") as out, subprocess.Popen(
-        argv, cwd=cwd, env=_buildah_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    ) as process:
+    with (
+        open(log, "w") as out,
+        subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=_buildah_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as process,
+    ):
         assert process.stdout is not None
         for line in process.stdout:
             out.write(line)
@@ -260,8 +272,16 @@ def build_base(ref: str) -> None:
         container = buildah("from", "scratch").strip()
         try:
             buildah("add", container, str(tarball), "/")
-            buildah("config", "--env", "LANG=C.UTF-8", "--cmd", "python3",
-                    "--created-by", f"mmdebstrap {shlex.join(mmdebstrap_arguments())}", container)
+            buildah(
+                "config",
+                "--env",
+                "LANG=C.UTF-8",
+                "--cmd",
+                "python3",
+                "--created-by",
+                f"mmdebstrap {shlex.join(mmdebstrap_arguments())}",
+                container,
+            )
             buildah("commit", "--quiet", container, ref)
         finally:
             buildah("rm", container)
@@ -276,8 +296,14 @@ def build_image(image: Image, ref: str, base: str) -> None:
     in a venv from Debian's python3 trusts the system bundle, and sites reach PyPI through their CA.
     """
     argv = buildah_argv(
-        "bud", "--layers", "--network=host", "--tls-verify=false", "--format=oci",
-        f"--build-arg=BASE={base}", f"--file={image.dockerfile}", f"--tag={ref}",
+        "bud",
+        "--layers",
+        "--network=host",
+        "--tls-verify=false",
+        "--format=oci",
+        f"--build-arg=BASE={base}",
+        f"--file={image.dockerfile}",
+        f"--tag={ref}",
         "--volume=/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
         str(image.context),
     )
@@ -335,8 +361,9 @@ def stale_images(images: dict[str, list[str]], current: list[list[str]]) -> list
     """The images (id -> layer diff ids) that no current image needs: neither a current image nor a
     step of its build (buildah's layer cache keeps one image per step, whose layers are a prefix of
     the final image's). What remains after removing them is exactly the cache of current builds."""
-    return sorted(image for image, layers in images.items()
-                  if not any(chain[:len(layers)] == layers for chain in current))
+    return sorted(
+        image for image, layers in images.items() if not any(chain[: len(layers)] == layers for chain in current)
+    )
 
 
 def prune() -> None:
@@ -349,7 +376,7 @@ def prune() -> None:
     stale = stale_images({image: _diff_ids(image) for image in every}, chains)
     for image in stale:
         if image in buildah("images", "--all", "--quiet", "--no-trunc"):  # removing a child removes its
-            buildah("rmi", image)                                         # dangling parents with it
+            buildah("rmi", image)  # dangling parents with it
     binary = build.build_all(["registry"])["registry"]
     with registry.running(binary):
         for ref in current:

@@ -77,8 +77,8 @@ def containerd_config(node: Node, cni_bin: Path, sandbox_image: str) -> str:
     """
     state = node.home / "containerd"
     return f"""version = 3
-root = "{state / 'root'}"
-state = "{state / 'state'}"
+root = "{state / "root"}"
+state = "{state / "state"}"
 
 [grpc]
   address = "{node.socket}"
@@ -91,7 +91,7 @@ state = "{state / 'state'}"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = "{sandbox_image}"
   [plugins.'io.containerd.cri.v1.images'.registry]
-    config_path = "{state / 'certs.d'}"
+    config_path = "{state / "certs.d"}"
 
 [plugins.'io.containerd.nri.v1.nri']
   disable = true
@@ -104,7 +104,7 @@ state = "{state / 'state'}"
     SystemdCgroup = false
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = ["{cni_bin}"]
-    conf_dir = "{node.home / 'cni'}"
+    conf_dir = "{node.home / "cni"}"
 """
 
 
@@ -116,16 +116,29 @@ def registry_hosts() -> str:
 
 def cni_config(node: Node) -> str:
     """A bridge network per node, NAT for traffic leaving it, host-local addresses from its pod CIDR."""
-    return json.dumps({
-        "cniVersion": "1.0.0",
-        "name": node.network,
-        "plugins": [
-            {"type": "bridge", "bridge": node.bridge, "isGateway": True, "ipMasq": True, "hairpinMode": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": node.pod_cidr}]],
-                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(node.home / "ipam")}},
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ],
-    }, indent=2)
+    return json.dumps(
+        {
+            "cniVersion": "1.0.0",
+            "name": node.network,
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": node.bridge,
+                    "isGateway": True,
+                    "ipMasq": True,
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": node.pod_cidr}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": str(node.home / "ipam"),
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+            ],
+        },
+        indent=2,
+    )
 
 
 def kubelet_config(node: Node) -> str:
@@ -145,10 +158,10 @@ healthzPort: {layout.KUBELET_HEALTHZ_PORT}
 authentication:
   anonymous: {{enabled: false}}
   webhook: {{enabled: true}}
-  x509: {{clientCAFile: {pki / 'ca.crt'}}}
+  x509: {{clientCAFile: {pki / "ca.crt"}}}
 authorization: {{mode: Webhook}}
-tlsCertFile: {pki / f'{node.identity}-serving.crt'}
-tlsPrivateKeyFile: {pki / f'{node.identity}-serving.key'}
+tlsCertFile: {pki / f"{node.identity}-serving.crt"}
+tlsPrivateKeyFile: {pki / f"{node.identity}-serving.key"}
 cgroupDriver: cgroupfs
 cgroupRoot: {node.cgroup_root}
 failCgroupV1: false
@@ -167,9 +180,14 @@ maxPods: 110
 
 
 def kubelet_argv(node: Node, kubelet: Path) -> list[str]:
-    return [str(kubelet), f"--config={node.home / 'kubelet.yaml'}",
-            f"--kubeconfig={node.home / 'kubelet.kubeconfig'}", f"--root-dir={node.home / 'kubelet'}",
-            f"--hostname-override={node.name}", f"--node-ip={node.ip}"]
+    return [
+        str(kubelet),
+        f"--config={node.home / 'kubelet.yaml'}",
+        f"--kubeconfig={node.home / 'kubelet.kubeconfig'}",
+        f"--root-dir={node.home / 'kubelet'}",
+        f"--hostname-override={node.name}",
+        f"--node-ip={node.ip}",
+    ]
 
 
 def write_files(node: Node, cni_bin: Path, sandbox_image: str) -> None:

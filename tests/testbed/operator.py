@@ -39,8 +39,11 @@ def environment(caller: dict[str, str]) -> dict[str, str]:
         if line.startswith(("export HPO_MYSQL_", "export HPO_TRIAL_IMAGE=")):
             key, _, value = line.removeprefix("export ").partition("=")
             values[key] = value
-    settings = {key: value for key, value in caller.items()
-                if key.startswith("HPO_") and not key.startswith(("HPO_TESTBED_", "HPO_CACHE_"))}
+    settings = {
+        key: value
+        for key, value in caller.items()
+        if key.startswith("HPO_") and not key.startswith(("HPO_TESTBED_", "HPO_CACHE_"))
+    }
     return {
         "PATH": f"{layout.VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(layout.TESTBED),
@@ -54,12 +57,25 @@ def environment(caller: dict[str, str]) -> dict[str, str]:
 
 def up() -> None:
     cluster.require_running("operator-up")
-    subprocess.run([str(layout.BIN / "kubectl"), "--kubeconfig", str(cluster.KUBECONFIG), "apply",
-                    "--server-side", "-f", str(CRDS)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            str(layout.BIN / "kubectl"),
+            "--kubeconfig",
+            str(cluster.KUBECONFIG),
+            "apply",
+            "--server-side",
+            "-f",
+            str(CRDS),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     argv = [str(layout.VENV_BIN / "hpo-operator"), f"--liveness=http://127.0.0.1:{LIVENESS_PORT}/healthz"]
     pid = cluster.start_extra("operator", argv, environment(dict(os.environ)), _healthy)
-    print(f"operator running (pid {pid}); log: .testbed/logs/operator.log; metrics: "
-          f"http://127.0.0.1:{METRICS_PORT}/metrics")
+    print(
+        f"operator running (pid {pid}); log: .testbed/logs/operator.log; metrics: "
+        f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    )
 
 
 def down() -> None:

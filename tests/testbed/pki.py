@@ -40,10 +40,16 @@ class Identity:
 
 IDENTITIES = (
     Identity(
-        "apiserver", "kube-apiserver",
+        "apiserver",
+        "kube-apiserver",
         ips=("127.0.0.1", layout.HOST_IP, layout.SERVICE_IP),
-        dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-             "kubernetes.default.svc.cluster.local"),
+        dns=(
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ),
     ),
     Identity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)),
     Identity("admin", "kubernetes-admin", ("system:masters",)),
@@ -54,10 +60,14 @@ IDENTITIES = (
     Identity("provisioner", "testbed:provisioner"),
     Identity("netpol", "testbed:netpol"),
     # Each node: its kubelet's client (Node authorizer, NodeRestriction) and serving certificates.
-    *(identity for node in NODES for identity in (
-        Identity(f"{node.identity}-client", f"system:node:{node.name}", ("system:nodes",)),
-        Identity(f"{node.identity}-serving", node.name, ips=(node.ip,), dns=(node.name,)),
-    )),
+    *(
+        identity
+        for node in NODES
+        for identity in (
+            Identity(f"{node.identity}-client", f"system:node:{node.name}", ("system:nodes",)),
+            Identity(f"{node.identity}-serving", node.name, ips=(node.ip,), dns=(node.name,)),
+        )
+    ),
     # MariaDB offers TLS (clients choose; users created with REQUIRE SSL must use it). Its second
     # address lets tests name it as a server other than the operator's default.
     Identity("mariadb", "mariadb", ips=("127.0.0.1", layout.HOST_IP, layout.OTHER_MYSQL_IP), dns=("localhost",)),
@@ -65,8 +75,9 @@ IDENTITIES = (
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     path.chmod(0o600)
 
 
@@ -94,9 +105,20 @@ def _create_ca(folder: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateK
     cert = (
         _builder(subject, subject, key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .sign(key, hashes.SHA256())
     )
     (folder / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -129,8 +151,9 @@ def ensure(folder: Path = layout.PKI) -> None:
     signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_key(folder / "service-account.key", signing_key)
     (folder / "service-account.pub").write_bytes(
-        signing_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+        signing_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
 
 
@@ -143,12 +166,12 @@ clusters:
 - name: testbed
   cluster:
     server: https://127.0.0.1:{layout.API_PORT}
-    certificate-authority: {folder / 'ca.crt'}
+    certificate-authority: {folder / "ca.crt"}
 users:
 - name: {user_stem}
   user:
-    client-certificate: {folder / f'{user_stem}.crt'}
-    client-key: {folder / f'{user_stem}.key'}
+    client-certificate: {folder / f"{user_stem}.crt"}
+    client-key: {folder / f"{user_stem}.key"}
 contexts:
 - name: testbed
   context: {{cluster: testbed, user: {user_stem}}}

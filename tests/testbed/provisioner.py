@@ -35,7 +35,8 @@ def volume_for(claim: dict[str, Any]) -> dict[str, Any]:
     """The PersistentVolume bound to ``claim`` (pure: tested without a cluster)."""
     meta, spec = claim["metadata"], claim["spec"]
     return {
-        "apiVersion": "v1", "kind": "PersistentVolume",
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
         "metadata": {"name": f"pvc-{meta['uid']}", "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
         "spec": {
             "capacity": {"storage": spec["resources"]["requests"]["storage"]},
@@ -43,19 +44,40 @@ def volume_for(claim: dict[str, Any]) -> dict[str, Any]:
             "volumeMode": spec.get("volumeMode", "Filesystem"),
             "persistentVolumeReclaimPolicy": "Delete",
             "storageClassName": STORAGE_CLASS,
-            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": meta["namespace"],
-                         "name": meta["name"], "uid": meta["uid"]},
+            "claimRef": {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "namespace": meta["namespace"],
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
             "local": {"path": str(ROOT / meta["uid"])},
-            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node.name for node in NODES]}]}]}},
+            "nodeAffinity": {
+                "required": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {
+                                    "key": "kubernetes.io/hostname",
+                                    "operator": "In",
+                                    "values": [node.name for node in NODES],
+                                }
+                            ]
+                        }
+                    ]
+                }
+            },
         },
     }
 
 
 def wants_volume(claim: dict[str, Any]) -> bool:
     annotations = claim["metadata"].get("annotations") or {}
-    return (claim.get("status", {}).get("phase") == "Pending" and not claim["spec"].get("volumeName")
-            and any(annotations.get(key) == PROVISIONER for key in _PROVISIONER_ANNOTATIONS))
+    return (
+        claim.get("status", {}).get("phase") == "Pending"
+        and not claim["spec"].get("volumeName")
+        and any(annotations.get(key) == PROVISIONER for key in _PROVISIONER_ANNOTATIONS)
+    )
 
 
 def _provision(core: client.CoreV1Api, claim: dict[str, Any]) -> None:
@@ -65,8 +87,12 @@ def _provision(core: client.CoreV1Api, claim: dict[str, Any]) -> None:
     folder.chmod(0o1777)  # any user may write, as on a fresh filesystem's /tmp; fsGroup narrows it
     try:
         core.create_persistent_volume(volume)  # type: ignore[arg-type]  # the client takes plain manifests too
-        log.info("provisioned %s for %s/%s", volume["metadata"]["name"], claim["metadata"]["namespace"],
-                 claim["metadata"]["name"])
+        log.info(
+            "provisioned %s for %s/%s",
+            volume["metadata"]["name"],
+            claim["metadata"]["namespace"],
+            claim["metadata"]["name"],
+        )
     except client.ApiException as error:
         if error.status != 409:
             raise
@@ -96,8 +122,11 @@ def _follow(list_call: Any, handle: Any) -> None:
             for item in body["items"]:
                 handle(item)
             stream = watch.Watch()  # type: ignore[no-untyped-call]
-            events = stream.stream(list_call, resource_version=body["metadata"]["resourceVersion"],  # type: ignore[no-untyped-call]
-                                   timeout_seconds=300)
+            events = stream.stream(
+                list_call,
+                resource_version=body["metadata"]["resourceVersion"],  # type: ignore[no-untyped-call]
+                timeout_seconds=300,
+            )
             for event in events:
                 if event["type"] != "DELETED":
                     handle(api.sanitize_for_serialization(event["object"]))  # type: ignore[no-untyped-call]
@@ -116,7 +145,8 @@ def run(kubeconfig: str) -> int:
         if wants_volume(item):
             _provision(core, item)
 
-    threading.Thread(target=_follow, args=(core.list_persistent_volume, lambda item: _release(core, item)),
-                     daemon=True).start()
+    threading.Thread(
+        target=_follow, args=(core.list_persistent_volume, lambda item: _release(core, item)), daemon=True
+    ).start()
     _follow(core.list_persistent_volume_claim_for_all_namespaces, claim)
     return 0

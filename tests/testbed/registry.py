@@ -26,12 +26,14 @@ DATA = ROOT / "data"
 LOG = ROOT / "registry.log"
 ADDRESS = f"127.0.0.1:{layout.REGISTRY_PORT}"
 # The manifest media types a HEAD on /v2/<name>/manifests/<tag> must accept to find any image.
-MANIFEST_TYPES = ", ".join((
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-))
+MANIFEST_TYPES = ", ".join(
+    (
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    )
+)
 
 
 def write_config() -> Path:
@@ -65,7 +67,9 @@ def answers() -> bool:
 def has_manifest(repository: str, tag: str) -> bool:
     """True when the registry holds ``repository:tag``."""
     request = urllib.request.Request(
-        f"http://{ADDRESS}/v2/{repository}/manifests/{tag}", method="HEAD", headers={"Accept": MANIFEST_TYPES},
+        f"http://{ADDRESS}/v2/{repository}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": MANIFEST_TYPES},
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -104,8 +108,9 @@ def running(binary: Path, timeout: float = 30) -> Iterator[str]:
 
 
 def _digest(repository: str, tag: str) -> str:
-    head = urllib.request.Request(f"http://{ADDRESS}/v2/{repository}/manifests/{tag}", method="HEAD",
-                                  headers={"Accept": MANIFEST_TYPES})
+    head = urllib.request.Request(
+        f"http://{ADDRESS}/v2/{repository}/manifests/{tag}", method="HEAD", headers={"Accept": MANIFEST_TYPES}
+    )
     with urllib.request.urlopen(head, timeout=10) as response:
         return str(response.headers["Docker-Content-Digest"])
 
@@ -135,5 +140,8 @@ def garbage_collect(binary: Path) -> None:
     """Delete blobs no manifest references (the registry must not be serving: run between builds)."""
     if answers():
         raise RuntimeError(f"a registry is serving on {ADDRESS}: garbage collection needs it stopped")
-    subprocess.run([str(binary), "garbage-collect", "--delete-untagged", str(write_config())],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(binary), "garbage-collect", "--delete-untagged", str(write_config())],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )

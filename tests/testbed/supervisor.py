@@ -70,8 +70,9 @@ class Supervisor:
     @staticmethod
     def spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with open(layout.LOGS / f"{name}.log", "ab") as log:
-            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=layout.ROOT, env=env)
+            return subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=layout.ROOT, env=env
+            )
 
     def start(self, service: Service) -> None:
         service.prepare()
@@ -112,8 +113,9 @@ class Supervisor:
         log = f".testbed/logs/{name}.log"
         self.restarts[name] = self.restarts.get(name, 0) + 1
         if self.restarts[name] > MAX_RESTARTS:
-            self.write_state(phase="degraded", message=f"{name} exited with code {code} {MAX_RESTARTS + 1} "
-                                                       f"times; see {log}")
+            self.write_state(
+                phase="degraded", message=f"{name} exited with code {code} {MAX_RESTARTS + 1} times; see {log}"
+            )
             return
         self.write_state(phase="degraded", message=f"{name} exited with code {code}; restarting it")
         service = next(service for service in self.services if service.name == name)

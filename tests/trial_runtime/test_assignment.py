@@ -50,8 +50,15 @@ def test_a_full_assignment_parses() -> None:
 
 def test_optional_fields_default_and_unknown_fields_are_ignored() -> None:
     assignment = parse_assignment(
-        text(pruner=..., checkpoint_root=..., objective=..., heartbeat_seconds=..., attempt=..., deadline_seconds=...,
-             added_later="x")
+        text(
+            pruner=...,
+            checkpoint_root=...,
+            objective=...,
+            heartbeat_seconds=...,
+            attempt=...,
+            deadline_seconds=...,
+            added_later="x",
+        )
     )
     assert (assignment.pruner, assignment.checkpoint_root, assignment.objective) == (None, None, None)
     assert (assignment.attempt, assignment.deadline_seconds) == (None, None), "no fence, no deadline"

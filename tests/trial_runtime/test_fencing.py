@@ -45,8 +45,10 @@ def test_a_result_computed_during_an_outage_is_told_once_the_database_is_back(
     trial = operator.ask(study)
     operator.storage.set_trial_system_attr(operator.trial_id(study, trial.number), ATTEMPT_ATTR, 0)
     release = tmp_path / "release"
-    run = start_trial(operator.assignment(study, trial, objective="objectives:return_when_released", attempt=0,
-                                          deadline_seconds=600), env={"TEST_RELEASE": str(release)})
+    run = start_trial(
+        operator.assignment(study, trial, objective="objectives:return_when_released", attempt=0, deadline_seconds=600),
+        env={"TEST_RELEASE": str(release)},
+    )
     run.wait_for_line("waiting for release")
 
     lose_database(database)
@@ -67,8 +69,10 @@ def test_an_outage_past_the_attempts_deadline_leaves_the_trial_running_and_exits
     study = operator.create_study()
     trial = operator.ask(study)
     release = tmp_path / "release"
-    run = start_trial(operator.assignment(study, trial, objective="objectives:return_when_released",
-                                          deadline_seconds=25), env={"TEST_RELEASE": str(release)})
+    run = start_trial(
+        operator.assignment(study, trial, objective="objectives:return_when_released", deadline_seconds=25),
+        env={"TEST_RELEASE": str(release)},
+    )
     run.wait_for_line("waiting for release")
     lose_database(database)
     started = time.monotonic()
@@ -89,12 +93,15 @@ def test_an_attempt_the_operator_superseded_before_it_started_runs_nothing(
     operator.storage.set_trial_system_attr(operator.trial_id(study, trial.number), ATTEMPT_ATTR, 1)
     record = tmp_path / "seen.json"
 
-    run = start_trial(operator.assignment(study, trial, objective="objectives:record_params", attempt=0),
-                      env={"TEST_RECORD": str(record)})
+    run = start_trial(
+        operator.assignment(study, trial, objective="objectives:record_params", attempt=0),
+        env={"TEST_RECORD": str(record)},
+    )
 
     assert run.wait() == 4, run.output
-    assert run.message.startswith(f"SUPERSEDED trial {trial.number} belongs to attempt 1 now, not to this pod's "
-                                  "attempt 0")
+    assert run.message.startswith(
+        f"SUPERSEDED trial {trial.number} belongs to attempt 1 now, not to this pod's attempt 0"
+    )
     assert not record.exists(), "the objective did not run"
     assert operator.frozen(study, trial.number).state == TrialState.RUNNING
 
@@ -107,8 +114,10 @@ def test_an_attempt_superseded_while_it_ran_cannot_report_its_result(
     trial_id = operator.trial_id(study, trial.number)
     operator.storage.set_trial_system_attr(trial_id, ATTEMPT_ATTR, 0)
     release = tmp_path / "release"
-    run = start_trial(operator.assignment(study, trial, objective="objectives:return_when_released", attempt=0),
-                      env={"TEST_RELEASE": str(release)})
+    run = start_trial(
+        operator.assignment(study, trial, objective="objectives:return_when_released", attempt=0),
+        env={"TEST_RELEASE": str(release)},
+    )
     run.wait_for_line("waiting for release")
 
     advance_attempt(operator.storage, trial_id, 1)  # the operator thought the pod lost

@@ -286,8 +286,12 @@ def test_a_pod_suggests_a_parameter_the_operator_did_not_declare_whatever_its_sa
     if sampler == "GridSampler":  # a grid knows only its own parameters: the pod suggests just those
         kwargs["search_space"] = {"x": [trial.params["x"]], "n": [trial.params["n"]], "kind": ["a", "b", "c"]}
         objective = "objectives:record_declared"
-    run = start_trial(operator.assignment(study, trial, sampler={"class": sampler, "kwargs": kwargs}),
-                      "--objective", objective, env={"TEST_RECORD": str(record)})
+    run = start_trial(
+        operator.assignment(study, trial, sampler={"class": sampler, "kwargs": kwargs}),
+        "--objective",
+        objective,
+        env={"TEST_RECORD": str(record)},
+    )
 
     assert run.wait() == 0, run.output
     assert operator.frozen(study, trial.number).state == TrialState.COMPLETE

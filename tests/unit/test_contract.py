@@ -40,14 +40,23 @@ def test_both_sides_define_the_same_value(ours: str, theirs: str) -> None:
 
 def test_the_runtimes_exit_codes_are_the_ones_the_operator_reads() -> None:
     assert {code.value for code in ExitCode} == {
-        operator_side.EXIT_FINISHED, operator_side.EXIT_OBJECTIVE_FAILED, operator_side.EXIT_CONFIGURATION,
-        operator_side.EXIT_DATABASE_UNAVAILABLE, operator_side.EXIT_SUPERSEDED, operator_side.EXIT_INTERRUPTED}
+        operator_side.EXIT_FINISHED,
+        operator_side.EXIT_OBJECTIVE_FAILED,
+        operator_side.EXIT_CONFIGURATION,
+        operator_side.EXIT_DATABASE_UNAVAILABLE,
+        operator_side.EXIT_SUPERSEDED,
+        operator_side.EXIT_INTERRUPTED,
+    }
 
 
 def test_a_trial_job_built_by_the_operator_is_what_the_runtime_reads() -> None:
-    spec, problems = parse({"budget": {"trials": 4, "parallelism": 2, "trialTimeoutSeconds": 600},
-                            "trial": {"objective": "pkg.mod:fn", "quickScan": True},
-                            "checkpoints": {"claimName": "ckpt"}})
+    spec, problems = parse(
+        {
+            "budget": {"trials": 4, "parallelism": 2, "trialTimeoutSeconds": 600},
+            "trial": {"objective": "pkg.mod:fn", "quickScan": True},
+            "checkpoints": {"claimName": "ckpt"},
+        }
+    )
     assert spec is not None, problems
     ref = dispatch.TrialRef("team", "mnist", "mnist", "mnist-storage")
     assignment = dispatch.assignment(spec, ref, 3, 17, {"class": "TPESampler", "kwargs": {"seed": 1}}, None, attempt=2)

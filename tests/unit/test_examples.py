@@ -13,8 +13,12 @@ from hpo_operator.validation import parse
 
 pytestmark = pytest.mark.unit
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
-STUDIES = [(path.name, doc) for path in EXAMPLES for doc in yaml.safe_load_all(path.read_text())
-           if doc and doc.get("kind") == "HpoStudy"]
+STUDIES = [
+    (path.name, doc)
+    for path in EXAMPLES
+    for doc in yaml.safe_load_all(path.read_text())
+    if doc and doc.get("kind") == "HpoStudy"
+]
 
 
 @pytest.mark.parametrize(("example", "study"), STUDIES, ids=[name for name, _ in STUDIES])

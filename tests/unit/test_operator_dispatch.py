@@ -25,9 +25,22 @@ def build(**spec_overrides: object) -> dict:
 
 
 def test_a_trial_job_runs_one_attempt_of_the_assigned_trial() -> None:
-    job = build(checkpoints={"claimName": "ckpt"}, trial={"template": {"spec": {"containers": [
-        {"name": "trial", "env": [{"name": "HPO_ASSIGNMENT", "value": "spoofed"}, {"name": "HPO_MINE", "value": "1"}],
-         "resources": {"limits": {"nvidia.com/gpu": 1}}}]}}})
+    job = build(
+        checkpoints={"claimName": "ckpt"},
+        trial={
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "trial",
+                            "env": [{"name": "HPO_ASSIGNMENT", "value": "spoofed"}, {"name": "HPO_MINE", "value": "1"}],
+                            "resources": {"limits": {"nvidia.com/gpu": 1}},
+                        }
+                    ]
+                }
+            }
+        },
+    )
     assert job["metadata"]["name"] == "mnist-3-1"
     assert job["metadata"]["labels"]["hpo.dev/study"] == "mnist" and job["metadata"]["labels"]["hpo.dev/trial"] == "3"
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["podReplacementPolicy"] == "Failed"
@@ -88,8 +101,9 @@ def test_database_and_user_names_are_safe_fit_mysql_and_differ_for_lookalike_stu
 
 def test_names_that_collided_under_the_former_32_bit_scheme_no_longer_meet() -> None:
     victim, attacker = colliding_studies("t-1234abcd-victim", "t-1234abcd-victim-x")
-    assert database.legacy_database("t-1234abcd-victim", victim) == \
-        database.legacy_database("t-1234abcd-victim-x", attacker)
+    assert database.legacy_database("t-1234abcd-victim", victim) == database.legacy_database(
+        "t-1234abcd-victim-x", attacker
+    )
     ours, theirs = database.names_for("t-1234abcd-victim", victim), database.names_for("t-1234abcd-victim-x", attacker)
     assert ours.database != theirs.database and ours.user != theirs.user and ours.reader != theirs.reader
 
@@ -99,7 +113,8 @@ def test_the_storage_url_encodes_the_password_and_names_the_ca_when_tls_is_on() 
     assert database.storage_url(server, "u", "d", "p{a}ss") == "mysql+pymysql://u:p%7Ba%7Dss@db:3306/d?charset=utf8mb4"
     tls = database.Server("db", 3306, "root", "pw", database.Tls(ca_pem="PEM", verify_identity=False))
     assert database.storage_url(tls, "u", "d", "pw").endswith(
-        "?charset=utf8mb4&ssl_ca=%2Fvar%2Frun%2Fhpo%2Fstorage-tls%2Fca.crt&ssl_check_hostname=false")
+        "?charset=utf8mb4&ssl_ca=%2Fvar%2Frun%2Fhpo%2Fstorage-tls%2Fca.crt&ssl_check_hostname=false"
+    )
 
 
 def test_no_password_is_printed_in_a_server_or_credentials_repr() -> None:
@@ -109,14 +124,22 @@ def test_no_password_is_printed_in_a_server_or_credentials_repr() -> None:
 
 
 def pod(phase: str, **status: object) -> dict:
-    return {"metadata": {"name": "p", "labels": {"hpo.dev/trial": "2", "hpo.dev/attempt": "0"},
-                         "creationTimestamp": "2026-11-22T11:59:00Z"},
-            "status": {"phase": phase, **status}}
+    return {
+        "metadata": {
+            "name": "p",
+            "labels": {"hpo.dev/trial": "2", "hpo.dev/attempt": "0"},
+            "creationTimestamp": "2026-11-22T11:59:00Z",
+        },
+        "status": {"phase": phase, **status},
+    }
 
 
 def terminated(code: int, reason: str = "Error", message: str = "") -> dict:
-    return {"containerStatuses": [{"name": "trial", "state": {"terminated": {
-        "exitCode": code, "reason": reason, "message": message}}}]}
+    return {
+        "containerStatuses": [
+            {"name": "trial", "state": {"terminated": {"exitCode": code, "reason": reason, "message": message}}}
+        ]
+    }
 
 
 @pytest.mark.parametrize(
@@ -124,17 +147,27 @@ def terminated(code: int, reason: str = "Error", message: str = "") -> dict:
     [
         (pod("Succeeded"), Outcome.SUCCEEDED, ""),
         (pod("Failed", **terminated(143)), Outcome.PREEMPTED, "stopped from outside"),
-        (pod("Failed", conditions=[{"type": "DisruptionTarget", "status": "True"}], **terminated(137)),
-         Outcome.PREEMPTED, "disrupted"),
+        (
+            pod("Failed", conditions=[{"type": "DisruptionTarget", "status": "True"}], **terminated(137)),
+            Outcome.PREEMPTED,
+            "disrupted",
+        ),
         (pod("Failed", **terminated(3, message="STORAGE lost")), Outcome.DATABASE_UNAVAILABLE, "STORAGE lost"),
         (pod("Failed", **terminated(4)), Outcome.SUPERSEDED, "a later attempt owns the trial"),
         (pod("Failed", **terminated(2, message="FAIL bad objective")), Outcome.CRASHED, "FAIL bad objective"),
         (pod("Failed", **terminated(137, reason="OOMKilled")), Outcome.CRASHED, "OOMKilled"),
         (pod("Failed", reason="DeadlineExceeded", **terminated(143)), Outcome.CRASHED, "trialTimeoutSeconds"),
         (pod("Running", **{"containerStatuses": [{"name": "trial", "state": {"running": {}}}]}), Outcome.ACTIVE, ""),
-        (pod("Pending", conditions=[{"type": "PodScheduled", "status": "False",
-                                     "message": "0/1 nodes: Insufficient nvidia.com/gpu"}]),
-         Outcome.NEVER_STARTED, "Insufficient nvidia.com/gpu"),
+        (
+            pod(
+                "Pending",
+                conditions=[
+                    {"type": "PodScheduled", "status": "False", "message": "0/1 nodes: Insufficient nvidia.com/gpu"}
+                ],
+            ),
+            Outcome.NEVER_STARTED,
+            "Insufficient nvidia.com/gpu",
+        ),
     ],
 )
 def test_pod_endings_are_classified_as_a_user_expects(body: dict, outcome: Outcome, reason: str) -> None:
@@ -147,14 +180,20 @@ def test_pod_endings_are_classified_as_a_user_expects(body: dict, outcome: Outco
     [
         (8, 100, 256, 8, ""),
         (10, 2, 256, 2, ""),  # never more than the budget: not worth a word
-        (10**9, 10**9, 256, 256, "parallelism capped at 256 by the operator's HPO_MAX_PARALLELISM "
-                                 "(spec.budget.parallelism is 1000000000)"),
+        (
+            10**9,
+            10**9,
+            256,
+            256,
+            "parallelism capped at 256 by the operator's HPO_MAX_PARALLELISM (spec.budget.parallelism is 1000000000)",
+        ),
         (300, 100, 256, 100, ""),
         (300, 10**9, 256, 256, "parallelism capped at 256"),
     ],
 )
-def test_parallelism_is_capped_by_the_budget_and_the_operator(requested: int, trials: int, operator_max: int,
-                                                              value: int, capped: str) -> None:
+def test_parallelism_is_capped_by_the_budget_and_the_operator(
+    requested: int, trials: int, operator_max: int, value: int, capped: str
+) -> None:
     result = dispatch.parallelism(requested, trials, operator_max)
     assert result.value == value and result.capped.startswith(capped) and bool(result.capped) == bool(capped)
 

@@ -17,8 +17,13 @@ STUDY = events.StudyRef("team", "mnist", "uid-1")
 
 def test_an_event_is_a_core_v1_event_from_hpo_operator_on_the_study() -> None:
     event = events.build(STUDY, "TrialStarted", "trial 3: {'lr': 0.01}", False, NOW, "hpo-operator-7d9f")
-    assert event["involvedObject"] == {"apiVersion": "hpo.dev/v1alpha1", "kind": "HpoStudy", "name": "mnist",
-                                       "namespace": "team", "uid": "uid-1"}
+    assert event["involvedObject"] == {
+        "apiVersion": "hpo.dev/v1alpha1",
+        "kind": "HpoStudy",
+        "name": "mnist",
+        "namespace": "team",
+        "uid": "uid-1",
+    }
     assert event["source"] == {"component": "hpo-operator"} and event["reportingComponent"] == "hpo-operator"
     assert (event["type"], event["reason"], event["action"]) == ("Normal", "TrialStarted", "TrialStarted")
     assert event["metadata"] == {"generateName": "mnist.", "namespace": "team"}

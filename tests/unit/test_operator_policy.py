@@ -23,20 +23,33 @@ POLICY = Policy("mysql.hpo-system.svc", 3306)
         ({"host": "db.team-a.svc"}, POLICY, ["spec.storage.adminSecret"]),
         ({"port": 3307}, POLICY, ["spec.storage.adminSecret"]),  # the default host on another port is another server
         ({"host": "db.team-a.svc", "adminSecret": {"name": "admin"}}, POLICY, []),
-        ({"host": "evil.example", "adminSecret": {"name": "admin"}},
-         Policy("mysql", 3306, ("db.internal", "*.rds.example:3306")), ["spec.storage.host"]),
-        ({"host": "a.rds.example", "adminSecret": {"name": "admin"}},
-         Policy("mysql", 3306, ("db.internal", "*.rds.example:3306")), []),
-        ({"host": "a.rds.example", "port": 3307, "adminSecret": {"name": "admin"}},
-         Policy("mysql", 3306, ("*.rds.example:3306",)), ["spec.storage.host"]),
-        ({"host": "evil.example"}, Policy("mysql", 3306, ("db.internal",)),
-         ["spec.storage.adminSecret", "spec.storage.host"]),
+        (
+            {"host": "evil.example", "adminSecret": {"name": "admin"}},
+            Policy("mysql", 3306, ("db.internal", "*.rds.example:3306")),
+            ["spec.storage.host"],
+        ),
+        (
+            {"host": "a.rds.example", "adminSecret": {"name": "admin"}},
+            Policy("mysql", 3306, ("db.internal", "*.rds.example:3306")),
+            [],
+        ),
+        (
+            {"host": "a.rds.example", "port": 3307, "adminSecret": {"name": "admin"}},
+            Policy("mysql", 3306, ("*.rds.example:3306",)),
+            ["spec.storage.host"],
+        ),
+        (
+            {"host": "evil.example"},
+            Policy("mysql", 3306, ("db.internal",)),
+            ["spec.storage.adminSecret", "spec.storage.host"],
+        ),
         ({"tls": {"caSecret": {"name": "ca"}}}, POLICY, ["spec.storage.tls"]),
         ({"host": "db.team-a.svc", "adminSecret": {"name": "admin"}, "tls": {"caSecret": {"name": "ca"}}}, POLICY, []),
     ],
 )
-def test_the_operators_admin_goes_only_to_the_operators_server(storage: dict[str, Any], policy: Policy,
-                                                                fields: list[str]) -> None:
+def test_the_operators_admin_goes_only_to_the_operators_server(
+    storage: dict[str, Any], policy: Policy, fields: list[str]
+) -> None:
     problems = policy.storage_problems(Storage.model_validate(storage))
     assert [p.field for p in problems] == fields
     assert all(str(p).startswith(p.field) and len(p.message) > 30 for p in problems), "each says what to do"
@@ -58,34 +71,69 @@ T = "spec.trial.template.spec"
         ({"serviceAccountName": "trainer", "automountServiceAccountToken": True}, ALLOWING, []),
         ({"automountServiceAccountToken": True}, POLICY, [f"{T}.automountServiceAccountToken"]),
         ({"automountServiceAccountToken": False}, POLICY, []),
-        ({"volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}]}, POLICY,
-         [f"{T}.volumes[0].projected.sources[0].serviceAccountToken"]),
-        ({"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "d"}},
-                      {"name": "root", "hostPath": {"path": "/"}}]}, POLICY, [f"{T}.volumes[1].hostPath"]),
+        (
+            {"volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}]},
+            POLICY,
+            [f"{T}.volumes[0].projected.sources[0].serviceAccountToken"],
+        ),
+        (
+            {
+                "volumes": [
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "d"}},
+                    {"name": "root", "hostPath": {"path": "/"}},
+                ]
+            },
+            POLICY,
+            [f"{T}.volumes[1].hostPath"],
+        ),
         ({"hostNetwork": True}, POLICY, [f"{T}.hostNetwork"]),
         ({"hostPID": True, "hostIPC": True}, POLICY, [f"{T}.hostPID", f"{T}.hostIPC"]),
         ({"hostNetwork": False}, POLICY, []),
-        ({"containers": [{"name": "trial", "securityContext": {"privileged": True}}]}, POLICY,
-         [f"{T}.containers[0].securityContext.privileged"]),
-        ({"initContainers": [{"name": "i", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]}, POLICY,
-         [f"{T}.initContainers[0].securityContext.capabilities.add"]),
+        (
+            {"containers": [{"name": "trial", "securityContext": {"privileged": True}}]},
+            POLICY,
+            [f"{T}.containers[0].securityContext.privileged"],
+        ),
+        (
+            {"initContainers": [{"name": "i", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]},
+            POLICY,
+            [f"{T}.initContainers[0].securityContext.capabilities.add"],
+        ),
         ({"containers": [{"name": "trial", "securityContext": {"capabilities": {"drop": ["ALL"]}}}]}, POLICY, []),
-        ({"containers": [{"name": "trial", "ports": [{"containerPort": 80, "hostPort": 80}]}]}, POLICY,
-         [f"{T}.containers[0].ports[0].hostPort"]),
+        (
+            {"containers": [{"name": "trial", "ports": [{"containerPort": 80, "hostPort": 80}]}]},
+            POLICY,
+            [f"{T}.containers[0].ports[0].hostPort"],
+        ),
         # Every violation is listed, not only the first.
-        ({"serviceAccountName": "x", "hostPID": True, "volumes": [{"name": "h", "hostPath": {"path": "/etc"}}],
-          "containers": [{"name": "trial", "securityContext": {"privileged": True}}]}, POLICY,
-         [f"{T}.serviceAccountName", f"{T}.hostPID", f"{T}.volumes[0].hostPath",
-          f"{T}.containers[0].securityContext.privileged"]),
+        (
+            {
+                "serviceAccountName": "x",
+                "hostPID": True,
+                "volumes": [{"name": "h", "hostPath": {"path": "/etc"}}],
+                "containers": [{"name": "trial", "securityContext": {"privileged": True}}],
+            },
+            POLICY,
+            [
+                f"{T}.serviceAccountName",
+                f"{T}.hostPID",
+                f"{T}.volumes[0].hostPath",
+                f"{T}.containers[0].securityContext.privileged",
+            ],
+        ),
         # Fields of the wrong shape are reported, never a crash.
         ({"containers": "trial"}, POLICY, [f"{T}.containers"]),
         ({"volumes": [1, 2]}, POLICY, [f"{T}.volumes"]),
-        ({"containers": [{"name": "trial", "securityContext": "privileged"}]}, POLICY,
-         [f"{T}.containers[0].securityContext"]),
+        (
+            {"containers": [{"name": "trial", "securityContext": "privileged"}]},
+            POLICY,
+            [f"{T}.containers[0].securityContext"],
+        ),
     ],
 )
-def test_trial_pods_cannot_escalate_beyond_the_namespaces_default_rights(pod: dict[str, Any], policy: Policy,
-                                                                          fields: list[str]) -> None:
+def test_trial_pods_cannot_escalate_beyond_the_namespaces_default_rights(
+    pod: dict[str, Any], policy: Policy, fields: list[str]
+) -> None:
     assert [p.field for p in policy.trial_pod_problems({"spec": pod})] == fields
 
 

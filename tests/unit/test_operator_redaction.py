@@ -24,7 +24,7 @@ def log() -> tuple[logging.Logger, io.StringIO]:
 
 
 def test_a_remembered_password_is_masked_in_messages_arguments_and_tracebacks(
-    log: tuple[logging.Logger, io.StringIO]
+    log: tuple[logging.Logger, io.StringIO],
 ) -> None:
     logger, stream = log
     redaction.remember("s3cret/pass{word}")
@@ -38,8 +38,10 @@ def test_a_remembered_password_is_masked_in_messages_arguments_and_tracebacks(
 
 
 def test_any_password_in_a_url_is_masked_even_if_never_remembered() -> None:
-    assert redaction.redact("see mysql+pymysql://user:unknown-pw@host:3306/db") == \
-        "see mysql+pymysql://user:***@host:3306/db"
+    assert (
+        redaction.redact("see mysql+pymysql://user:unknown-pw@host:3306/db")
+        == "see mysql+pymysql://user:***@host:3306/db"
+    )
 
 
 def test_short_values_are_not_remembered_so_ordinary_text_survives() -> None:

@@ -27,9 +27,13 @@ DISCRETE = {
 
 
 def spec(parallelism: int, space: dict[str, Any] | None = None, **sampler: Any) -> HpoStudySpec:
-    parsed, problems = parse({"budget": {"trials": 100, "parallelism": parallelism},
-                              "searchSpace": MIXED if space is None else space,
-                              "sampler": {"name": "tpe", **sampler}})
+    parsed, problems = parse(
+        {
+            "budget": {"trials": 100, "parallelism": parallelism},
+            "searchSpace": MIXED if space is None else space,
+            "sampler": {"name": "tpe", **sampler},
+        }
+    )
     assert parsed is not None, problems
     return parsed
 

@@ -16,8 +16,13 @@ def test_the_runaway_guards_have_defaults() -> None:
 
 
 def test_the_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {"HPO_MAX_PARALLELISM": "8", "HPO_MAX_WAITING_TRIALS": "2", "HPO_MAX_GRID_POINTS": "50",
-                        "HPO_TRIAL_LOST_SECONDS": "45", "HPO_DELETE_TIMEOUT_SECONDS": "0"}.items():
+    for name, value in {
+        "HPO_MAX_PARALLELISM": "8",
+        "HPO_MAX_WAITING_TRIALS": "2",
+        "HPO_MAX_GRID_POINTS": "50",
+        "HPO_TRIAL_LOST_SECONDS": "45",
+        "HPO_DELETE_TIMEOUT_SECONDS": "0",
+    }.items():
         monkeypatch.setenv(name, value)
     settings = Settings.from_env()
     assert (settings.max_parallelism, settings.max_waiting_trials, settings.max_grid_points) == (8, 2, 50)
@@ -34,8 +39,7 @@ def test_the_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
         ("HPO_MYSQL_PORT", "x", "HPO_MYSQL_PORT='x': must be an integer"),
     ],
 )
-def test_a_wrong_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
-                                          message: str) -> None:
+def test_a_wrong_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError) as raised:
         Settings.from_env()

@@ -55,13 +55,16 @@ def test_search_space_mistakes_name_the_field_and_the_fix(space: dict[str, Any],
 
 def test_options_and_pruner_mistakes_are_named() -> None:
     assert problems(study(sampler={"name": "tpe", "options": {"n_startup": 3}}))[0].startswith(
-        "spec.sampler.options.n_startup: TPESampler has no option 'n_startup'")
+        "spec.sampler.options.n_startup: TPESampler has no option 'n_startup'"
+    )
     assert problems(study(pruner={"name": "median", "options": {"warmup": 1}}))[0].startswith(
-        "spec.pruner.options.warmup: MedianPruner has no option")
+        "spec.pruner.options.warmup: MedianPruner has no option"
+    )
     multi = study(objective={"directions": ["minimize", "maximize"]}, pruner={"name": "median"})
     assert problems(multi) == ["spec.pruner.name: Optuna cannot prune multi-objective studies; set name: none"]
     assert problems(study(warmStart=[{"lr": 5.0}])) == [
-        "spec.warmStart[0].lr: 5.0 is outside the declared search space of lr"]
+        "spec.warmStart[0].lr: 5.0 is outside the declared search space of lr"
+    ]
 
 
 def test_type_errors_name_the_field() -> None:
@@ -69,8 +72,15 @@ def test_type_errors_name_the_field() -> None:
 
 
 def test_grid_gets_its_points() -> None:
-    grid, _ = parse(study(sampler={"name": "grid"}, searchSpace={
-        "n": {"type": "int", "low": 0, "high": 4, "step": 2}, "c": {"type": "categorical", "choices": ["a", "b"]}}))
+    grid, _ = parse(
+        study(
+            sampler={"name": "grid"},
+            searchSpace={
+                "n": {"type": "int", "low": 0, "high": 4, "step": 2},
+                "c": {"type": "categorical", "choices": ["a", "b"]},
+            },
+        )
+    )
     assert grid is not None
     assert search.sampler_config(grid)["kwargs"]["search_space"] == {"n": [0, 2, 4], "c": ["a", "b"]}
 

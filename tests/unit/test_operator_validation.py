@@ -57,93 +57,198 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("infinite-span", space(type="float", low=-1.7e308, high=1.7e308), "spec.searchSpace.x: low, high and step must"),
     ("no-high", space(type="float", low=0), "spec.searchSpace.x: a float parameter needs both low and high"),
     ("choices-on-float", space(type="float", low=0, high=1, choices=[1]), "spec.searchSpace.x.choices: choices apply"),
-    ("odd-parameter-name", {"searchSpace": {"a b": {"type": "float", "low": 2, "high": 1}}},
-     "spec.searchSpace['a b'].low: low (2)"),
-    ("metrics-per-direction", {"objective": {"directions": ["minimize"], "metrics": ["a", "b"]}},
-     "spec.objective.metrics: give one metric name per direction (1)"),
+    (
+        "odd-parameter-name",
+        {"searchSpace": {"a b": {"type": "float", "low": 2, "high": 1}}},
+        "spec.searchSpace['a b'].low: low (2)",
+    ),
+    (
+        "metrics-per-direction",
+        {"objective": {"directions": ["minimize"], "metrics": ["a", "b"]}},
+        "spec.objective.metrics: give one metric name per direction (1)",
+    ),
     ("no-directions", {"objective": {"directions": []}}, "spec.objective.directions: List should have at least 1"),
     ("objective-a-file", {"trial": {"objective": "train.py"}}, "spec.trial.objective: 'train.py' is not module:func"),
     ("objective-two-colons", {"trial": {"objective": "pkg:fn:x"}}, "spec.trial.objective: 'pkg:fn:x' is not"),
     ("template-a-list", {"trial": {"template": []}}, "spec.trial.template: Input should be a valid dictionary"),
     ("pod-spec-a-list", {"trial": {"template": {"spec": []}}}, "spec.trial.template.spec: must be a pod spec"),
-    ("containers-not-a-list", {"trial": {"template": {"spec": {"containers": {"name": "trial"}}}}},
-     "spec.trial.template.spec.containers: must be a list of objects"),
-    ("containers-of-strings", {"trial": {"template": {"spec": {"containers": ["trial"]}}}},
-     "spec.trial.template.spec.containers: must be a list of objects"),
-    ("label-a-number", {"trial": {"template": {"metadata": {"labels": {"team": 7}}}}},
-     "spec.trial.template.metadata.labels.team: must be a string (quote it)"),
-    ("node-selector-a-bool", {"trial": {"template": {"spec": {"nodeSelector": {"gpu": True}}}}},
-     "spec.trial.template.spec.nodeSelector.gpu: must be a string"),
-    ("deadline-a-string", {"trial": {"template": {"spec": {"activeDeadlineSeconds": "10"}}}},
-     "spec.trial.template.spec.activeDeadlineSeconds: must be an integer"),
-    ("cpu-lots", container(resources={"limits": {"cpu": "lots"}}),
-     "spec.trial.template.spec.containers[0].resources.limits.cpu: 'lots' is not a Kubernetes quantity"),
-    ("memory-negative", container(resources={"requests": {"memory": "-1Gi"}}),
-     "spec.trial.template.spec.containers[0].resources.requests.memory: '-1Gi' is negative"),
-    ("memory-exabytes", container(resources={"limits": {"memory": "9999999Ei"}}),
-     "spec.trial.template.spec.containers[0].resources.limits.memory: '9999999Ei' is too large"),
-    ("half-a-gpu", container(resources={"limits": {"nvidia.com/gpu": 0.5}}),
-     "spec.trial.template.spec.containers[0].resources.limits[nvidia.com/gpu]: 0.5: nvidia.com/gpu is counted"),
-    ("request-above-limit", container(resources={"limits": {"cpu": "1"}, "requests": {"cpu": "1500m"}}),
-     "spec.trial.template.spec.containers[0].resources.requests.cpu: the request is more than the limit"),
-    ("gpu-overcommitted", container(resources={"limits": {"nvidia.com/gpu": 2}, "requests": {"nvidia.com/gpu": 1}}),
-     "spec.trial.template.spec.containers[0].resources.requests[nvidia.com/gpu]: nvidia.com/gpu cannot be"),
-    ("resources-a-list", container(resources=[{"cpu": 1}]),
-     "spec.trial.template.spec.containers[0].resources: must be an object"),
-    ("env-value-a-number", container(env=[{"name": "EPOCHS", "value": 5}]),
-     "spec.trial.template.spec.containers[0].env[0].value: must be a string (quote it)"),
-    ("env-without-name", container(env=[{"value": "1"}]),
-     "spec.trial.template.spec.containers[0].env[0].name: every variable needs a name"),
-    ("command-a-string", container(command="python train.py"),
-     "spec.trial.template.spec.containers[0].command: must be a list of strings"),
+    (
+        "containers-not-a-list",
+        {"trial": {"template": {"spec": {"containers": {"name": "trial"}}}}},
+        "spec.trial.template.spec.containers: must be a list of objects",
+    ),
+    (
+        "containers-of-strings",
+        {"trial": {"template": {"spec": {"containers": ["trial"]}}}},
+        "spec.trial.template.spec.containers: must be a list of objects",
+    ),
+    (
+        "label-a-number",
+        {"trial": {"template": {"metadata": {"labels": {"team": 7}}}}},
+        "spec.trial.template.metadata.labels.team: must be a string (quote it)",
+    ),
+    (
+        "node-selector-a-bool",
+        {"trial": {"template": {"spec": {"nodeSelector": {"gpu": True}}}}},
+        "spec.trial.template.spec.nodeSelector.gpu: must be a string",
+    ),
+    (
+        "deadline-a-string",
+        {"trial": {"template": {"spec": {"activeDeadlineSeconds": "10"}}}},
+        "spec.trial.template.spec.activeDeadlineSeconds: must be an integer",
+    ),
+    (
+        "cpu-lots",
+        container(resources={"limits": {"cpu": "lots"}}),
+        "spec.trial.template.spec.containers[0].resources.limits.cpu: 'lots' is not a Kubernetes quantity",
+    ),
+    (
+        "memory-negative",
+        container(resources={"requests": {"memory": "-1Gi"}}),
+        "spec.trial.template.spec.containers[0].resources.requests.memory: '-1Gi' is negative",
+    ),
+    (
+        "memory-exabytes",
+        container(resources={"limits": {"memory": "9999999Ei"}}),
+        "spec.trial.template.spec.containers[0].resources.limits.memory: '9999999Ei' is too large",
+    ),
+    (
+        "half-a-gpu",
+        container(resources={"limits": {"nvidia.com/gpu": 0.5}}),
+        "spec.trial.template.spec.containers[0].resources.limits[nvidia.com/gpu]: 0.5: nvidia.com/gpu is counted",
+    ),
+    (
+        "request-above-limit",
+        container(resources={"limits": {"cpu": "1"}, "requests": {"cpu": "1500m"}}),
+        "spec.trial.template.spec.containers[0].resources.requests.cpu: the request is more than the limit",
+    ),
+    (
+        "gpu-overcommitted",
+        container(resources={"limits": {"nvidia.com/gpu": 2}, "requests": {"nvidia.com/gpu": 1}}),
+        "spec.trial.template.spec.containers[0].resources.requests[nvidia.com/gpu]: nvidia.com/gpu cannot be",
+    ),
+    (
+        "resources-a-list",
+        container(resources=[{"cpu": 1}]),
+        "spec.trial.template.spec.containers[0].resources: must be an object",
+    ),
+    (
+        "env-value-a-number",
+        container(env=[{"name": "EPOCHS", "value": 5}]),
+        "spec.trial.template.spec.containers[0].env[0].value: must be a string (quote it)",
+    ),
+    (
+        "env-without-name",
+        container(env=[{"value": "1"}]),
+        "spec.trial.template.spec.containers[0].env[0].name: every variable needs a name",
+    ),
+    (
+        "command-a-string",
+        container(command="python train.py"),
+        "spec.trial.template.spec.containers[0].command: must be a list of strings",
+    ),
     ("image-a-number", container(image=3), "spec.trial.template.spec.containers[0].image: must be a string"),
-    ("mount-without-path", container(volumeMounts=[{"name": "data"}]),
-     "spec.trial.template.spec.containers[0].volumeMounts[0].mountPath: must be a non-empty string"),
-    ("no-container-named-trial", {"trial": {"template": {"spec": {"containers": [{"name": "a"}, {"name": "b"}]}}}},
-     "spec.trial.template.spec.containers: with several containers, name the one that runs the trial 'trial'"),
-    ("volume-without-name", {"trial": {"template": {"spec": {"volumes": [{"emptyDir": {}}]}}}},
-     "spec.trial.template.spec.volumes[0].name: every volume needs a name"),
+    (
+        "mount-without-path",
+        container(volumeMounts=[{"name": "data"}]),
+        "spec.trial.template.spec.containers[0].volumeMounts[0].mountPath: must be a non-empty string",
+    ),
+    (
+        "no-container-named-trial",
+        {"trial": {"template": {"spec": {"containers": [{"name": "a"}, {"name": "b"}]}}}},
+        "spec.trial.template.spec.containers: with several containers, name the one that runs the trial 'trial'",
+    ),
+    (
+        "volume-without-name",
+        {"trial": {"template": {"spec": {"volumes": [{"emptyDir": {}}]}}}},
+        "spec.trial.template.spec.volumes[0].name: every volume needs a name",
+    ),
     ("unknown-sampler", {"sampler": {"name": "bayes"}}, "spec.sampler.name: Input should be 'tpe', 'random'"),
     ("unknown-sampler-option", sampler(n_startup=3), "spec.sampler.options.n_startup: TPESampler has no option"),
-    ("startup-trials-ten", sampler(n_startup_trials="ten"),
-     "spec.sampler.options.n_startup_trials: TPESampler's n_startup_trials expects an integer, not 'ten' (str)"),
-    ("gamma-a-number", sampler(gamma=5),
-     "spec.sampler.options.gamma: TPESampler's gamma expects a Python function, which a spec cannot hold"),
-    ("prior-weight-true", sampler(prior_weight=True),
-     "spec.sampler.options.prior_weight: TPESampler's prior_weight expects a number or null, not True (bool)"),
-    ("independent-sampler", sampler("cmaes", independent_sampler={"class": "RandomSampler"}),
-     "spec.sampler.options.independent_sampler: CmaEsSampler's independent_sampler expects a Python object"),
-    ("source-trials", sampler("cmaes", source_trials=[{"number": 1}]),
-     "spec.sampler.options.source_trials: CmaEsSampler's source_trials expects a list of Python object"),
+    (
+        "startup-trials-ten",
+        sampler(n_startup_trials="ten"),
+        "spec.sampler.options.n_startup_trials: TPESampler's n_startup_trials expects an integer, not 'ten' (str)",
+    ),
+    (
+        "gamma-a-number",
+        sampler(gamma=5),
+        "spec.sampler.options.gamma: TPESampler's gamma expects a Python function, which a spec cannot hold",
+    ),
+    (
+        "prior-weight-true",
+        sampler(prior_weight=True),
+        "spec.sampler.options.prior_weight: TPESampler's prior_weight expects a number or null, not True (bool)",
+    ),
+    (
+        "independent-sampler",
+        sampler("cmaes", independent_sampler={"class": "RandomSampler"}),
+        "spec.sampler.options.independent_sampler: CmaEsSampler's independent_sampler expects a Python object",
+    ),
+    (
+        "source-trials",
+        sampler("cmaes", source_trials=[{"number": 1}]),
+        "spec.sampler.options.source_trials: CmaEsSampler's source_trials expects a list of Python object",
+    ),
     ("seed-in-options", sampler(seed=3), "spec.sampler.options.seed: set by the operator"),
-    ("population-of-one", sampler("nsga2", population_size=1),
-     "spec.sampler.options: NSGAIISampler refused these options: ValueError: `population_size` must be"),
+    (
+        "population-of-one",
+        sampler("nsga2", population_size=1),
+        "spec.sampler.options: NSGAIISampler refused these options: ValueError: `population_size` must be",
+    ),
     ("qmc-type", sampler("qmc", qmc_type="bogus"), "spec.sampler.options: QMCSampler refused these options"),
-    ("cmaes-two-directions", {"objective": {"directions": ["minimize", "maximize"]}, "sampler": {"name": "cmaes"}},
-     "spec.sampler.name: cmaes cannot optimise several directions"),
+    (
+        "cmaes-two-directions",
+        {"objective": {"directions": ["minimize", "maximize"]}, "sampler": {"name": "cmaes"}},
+        "spec.sampler.name: cmaes cannot optimise several directions",
+    ),
     ("grid-without-space", {"searchSpace": {}, **GRID}, "spec.searchSpace: the grid sampler needs a declared search"),
-    ("grid-float-without-step", {**space(type="float", low=0, high=1), **GRID},
-     "spec.searchSpace.x.step: the grid sampler needs a step for every float parameter"),
-    ("grid-of-10^8", {**space(type="int", low=0, high=10**8), **GRID},
-     "spec.searchSpace: the grid has 100,000,001 points, more than the operator's limit of 100,000"),
-    ("grid-of-10^60", {"searchSpace": {f"p{i}": {"type": "int", "low": 0, "high": 100} for i in range(30)}, **GRID},
-     "spec.searchSpace: the grid has about 10^60 points"),
-    ("step-too-fine", space(type="float", low=0, high=1, step=1e-300),
-     "spec.searchSpace.x.step: the step is too small for this range"),
+    (
+        "grid-float-without-step",
+        {**space(type="float", low=0, high=1), **GRID},
+        "spec.searchSpace.x.step: the grid sampler needs a step for every float parameter",
+    ),
+    (
+        "grid-of-10^8",
+        {**space(type="int", low=0, high=10**8), **GRID},
+        "spec.searchSpace: the grid has 100,000,001 points, more than the operator's limit of 100,000",
+    ),
+    (
+        "grid-of-10^60",
+        {"searchSpace": {f"p{i}": {"type": "int", "low": 0, "high": 100} for i in range(30)}, **GRID},
+        "spec.searchSpace: the grid has about 10^60 points",
+    ),
+    (
+        "step-too-fine",
+        space(type="float", low=0, high=1, step=1e-300),
+        "spec.searchSpace.x.step: the step is too small for this range",
+    ),
     ("unknown-pruner-option", pruner(warmup=1), "spec.pruner.options.warmup: MedianPruner has no option"),
-    ("pruner-option-a-string", pruner(n_warmup_steps="2"),
-     "spec.pruner.options.n_warmup_steps: MedianPruner's n_warmup_steps expects an integer, not '2' (str)"),
-    ("percentile-150", pruner("percentile", percentile=150),
-     "spec.pruner.options: PercentilePruner refused these options: ValueError"),
+    (
+        "pruner-option-a-string",
+        pruner(n_warmup_steps="2"),
+        "spec.pruner.options.n_warmup_steps: MedianPruner's n_warmup_steps expects an integer, not '2' (str)",
+    ),
+    (
+        "percentile-150",
+        pruner("percentile", percentile=150),
+        "spec.pruner.options: PercentilePruner refused these options: ValueError",
+    ),
     ("no-pruner-options", pruner("none", n_warmup_steps=1), "spec.pruner.options: the pruner 'none' takes no options"),
-    ("pruning-two-directions", {"objective": {"directions": ["minimize", "minimize"]}, "pruner": {"name": "median"}},
-     "spec.pruner.name: Optuna cannot prune multi-objective studies"),
+    (
+        "pruning-two-directions",
+        {"objective": {"directions": ["minimize", "minimize"]}, "pruner": {"name": "median"}},
+        "spec.pruner.name: Optuna cannot prune multi-objective studies",
+    ),
     ("warm-start-outside", {"warmStart": [{"lr": 5.0}]}, "spec.warmStart[0].lr: 5.0 is outside the declared"),
     ("warm-start-wrong-type", {"warmStart": [{"layers": {"n": 1}}]}, "spec.warmStart[0].layers: {'n': 1} is outside"),
     ("warm-start-a-number", {"warmStart": [3]}, "spec.warmStart[0]: Input should be a valid dictionary"),
     ("warm-start-thousands", {"warmStart": [{"lr": 0.01}] * 1001}, "spec.warmStart: 1001 parameter sets; at most"),
-    ("preemptions-negative", {"budget": {"trials": 1, "maxPreemptionsPerTrial": -1}},
-     "spec.budget.maxPreemptionsPerTrial: Input should be greater than or equal to 0"),
+    (
+        "preemptions-negative",
+        {"budget": {"trials": 1, "maxPreemptionsPerTrial": -1}},
+        "spec.budget.maxPreemptionsPerTrial: Input should be greater than or equal to 0",
+    ),
 ]
 
 
@@ -161,9 +266,15 @@ def test_the_table_covers_at_least_forty_cases_with_distinct_names() -> None:
 VALID: list[tuple[str, dict[str, Any]]] = [
     ("huge-budget", {"budget": {"trials": HUGE, "parallelism": HUGE}}),
     ("parallelism-above-trials", {"budget": {"trials": 2, "parallelism": 10}}),
-    ("quantities-of-every-form", container(resources={
-        "limits": {"cpu": "1.5", "memory": "4Gi", "nvidia.com/gpu": 1, "ephemeral-storage": "1e9"},
-        "requests": {"cpu": "500m", "memory": 1073741824, "nvidia.com/gpu": "1"}})),
+    (
+        "quantities-of-every-form",
+        container(
+            resources={
+                "limits": {"cpu": "1.5", "memory": "4Gi", "nvidia.com/gpu": 1, "ephemeral-storage": "1e9"},
+                "requests": {"cpu": "500m", "memory": 1073741824, "nvidia.com/gpu": "1"},
+            }
+        ),
+    ),
     ("hyperband-auto", pruner("hyperband", max_resource="auto")),
     ("tpe-options", sampler(n_startup_trials=5, multivariate=False, consider_endpoints=None, prior_weight=1)),
     ("cmaes-x0", sampler("cmaes", x0={"lr": 0.01}, sigma0=0.1, restart_strategy=None)),
@@ -184,7 +295,8 @@ def test_the_grid_bound_is_the_operators_setting() -> None:
     hundred, hundred_and_one = (study(**space(type="int", low=low, high=100), **GRID) for low in (1, 0))
     assert parse(hundred, Limits(max_grid_points=100))[0] is not None
     assert str(parse(hundred_and_one, Limits(max_grid_points=100))[1][0]).startswith(
-        "spec.searchSpace: the grid has 101 points, more than the operator's limit of 100 (HPO_MAX_GRID_POINTS)")
+        "spec.searchSpace: the grid has 101 points, more than the operator's limit of 100 (HPO_MAX_GRID_POINTS)"
+    )
 
 
 def test_the_grid_is_sized_without_being_enumerated() -> None:
@@ -205,15 +317,32 @@ def _leaves(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return [path]
 
 
-RICH = study(**sampler("tpe", n_startup_trials=3), pruner={"name": "median", "options": {"n_warmup_steps": 1}},
-             warmStart=[{"lr": 0.01}], checkpoints={"claimName": "ckpt"},
-             trial={"objective": "m:f", "template": {
-                 "metadata": {"labels": {"a": "b"}},
-                 "spec": {"nodeSelector": {"k": "v"}, "volumes": [{"name": "d", "emptyDir": {}}],
-                          "containers": [{"name": "trial", "image": "i", "command": ["c"],
-                                          "env": [{"name": "E", "value": "1"}],
-                                          "volumeMounts": [{"name": "d", "mountPath": "/d"}],
-                                          "resources": {"limits": {"cpu": "1"}, "requests": {"cpu": "1"}}}]}}})
+RICH = study(
+    **sampler("tpe", n_startup_trials=3),
+    pruner={"name": "median", "options": {"n_warmup_steps": 1}},
+    warmStart=[{"lr": 0.01}],
+    checkpoints={"claimName": "ckpt"},
+    trial={
+        "objective": "m:f",
+        "template": {
+            "metadata": {"labels": {"a": "b"}},
+            "spec": {
+                "nodeSelector": {"k": "v"},
+                "volumes": [{"name": "d", "emptyDir": {}}],
+                "containers": [
+                    {
+                        "name": "trial",
+                        "image": "i",
+                        "command": ["c"],
+                        "env": [{"name": "E", "value": "1"}],
+                        "volumeMounts": [{"name": "d", "mountPath": "/d"}],
+                        "resources": {"limits": {"cpu": "1"}, "requests": {"cpu": "1"}},
+                    }
+                ],
+            },
+        },
+    },
+)
 
 
 def _replace(spec: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
@@ -247,39 +376,67 @@ def test_a_spec_that_is_not_an_object_is_a_problem_not_an_exception() -> None:
 
 
 def test_the_references_a_study_needs_are_listed_with_their_fields() -> None:
-    spec, _ = parse(study(storage={"host": "db.example", "adminSecret": {"name": "db-admin"},
-                                   "tls": {"caSecret": {"name": "db-ca", "key": "ca.pem"}}},
-                          checkpoints={"claimName": "ckpt"},
-                          trial={"template": {"spec": {"volumes": [
-                              {"name": "a", "secret": {"secretName": "tokens"}},
-                              {"name": "b", "secret": {"secretName": "maybe", "optional": True}},
-                              {"name": "c", "persistentVolumeClaim": {"claimName": "data"}}]}}}))
+    spec, _ = parse(
+        study(
+            storage={
+                "host": "db.example",
+                "adminSecret": {"name": "db-admin"},
+                "tls": {"caSecret": {"name": "db-ca", "key": "ca.pem"}},
+            },
+            checkpoints={"claimName": "ckpt"},
+            trial={
+                "template": {
+                    "spec": {
+                        "volumes": [
+                            {"name": "a", "secret": {"secretName": "tokens"}},
+                            {"name": "b", "secret": {"secretName": "maybe", "optional": True}},
+                            {"name": "c", "persistentVolumeClaim": {"claimName": "data"}},
+                        ]
+                    }
+                }
+            },
+        )
+    )
     assert spec is not None
     assert references(spec) == [
         Reference("spec.storage.adminSecret", "Secret", "db-admin"),
         Reference("spec.storage.tls.caSecret", "Secret", "db-ca", "ca.pem"),
         Reference("spec.checkpoints.claimName", "PersistentVolumeClaim", "ckpt"),
         Reference("spec.trial.template.spec.volumes[0].secret.secretName", "Secret", "tokens"),
-        Reference("spec.trial.template.spec.volumes[2].persistentVolumeClaim.claimName", "PersistentVolumeClaim",
-                  "data"),
+        Reference(
+            "spec.trial.template.spec.volumes[2].persistentVolumeClaim.claimName", "PersistentVolumeClaim", "data"
+        ),
     ]
 
 
 @pytest.mark.parametrize(
     ("reference", "exists", "keys", "expected"),
     [
-        (Reference("spec.checkpoints.claimName", "PersistentVolumeClaim", "ckpt"), False, frozenset(),
-         "spec.checkpoints.claimName: PersistentVolumeClaim ckpt does not exist in namespace team; create it"),
-        (Reference("spec.storage.tls.caSecret", "Secret", "ca", "ca.crt"), True, frozenset({"tls.crt"}),
-         "spec.storage.tls.caSecret: Secret ca has no key ca.crt; add it"),
-        (Reference("spec.storage.adminSecret", "Secret", "admin"), True, frozenset({"username"}),
-         "spec.storage.adminSecret: Secret admin lacks the key username or password"),
+        (
+            Reference("spec.checkpoints.claimName", "PersistentVolumeClaim", "ckpt"),
+            False,
+            frozenset(),
+            "spec.checkpoints.claimName: PersistentVolumeClaim ckpt does not exist in namespace team; create it",
+        ),
+        (
+            Reference("spec.storage.tls.caSecret", "Secret", "ca", "ca.crt"),
+            True,
+            frozenset({"tls.crt"}),
+            "spec.storage.tls.caSecret: Secret ca has no key ca.crt; add it",
+        ),
+        (
+            Reference("spec.storage.adminSecret", "Secret", "admin"),
+            True,
+            frozenset({"username"}),
+            "spec.storage.adminSecret: Secret admin lacks the key username or password",
+        ),
         (Reference("spec.storage.adminSecret", "Secret", "admin"), True, frozenset({"username", "password"}), None),
         (Reference("spec.checkpoints.claimName", "PersistentVolumeClaim", "ckpt"), True, frozenset(), None),
     ],
 )
-def test_a_missing_reference_names_its_field(reference: Reference, exists: bool, keys: frozenset[str],
-                                             expected: str | None) -> None:
+def test_a_missing_reference_names_its_field(
+    reference: Reference, exists: bool, keys: frozenset[str], expected: str | None
+) -> None:
     problem = missing_reference(reference, "team", exists, keys)
     if expected is None:
         assert problem is None
@@ -288,17 +445,28 @@ def test_a_missing_reference_names_its_field(reference: Reference, exists: bool,
 
 
 def test_the_api_servers_refusal_of_the_dry_run_job_names_the_template_fields() -> None:
-    status = {"kind": "Status", "code": 422, "reason": "Invalid", "message": "Job.batch \"s-0-0\" is invalid: ...",
-              "details": {"causes": [
-                  {"reason": "FieldValueInvalid", "message": "Invalid value: \"-1\": must be greater than or equal "
-                                                            "to 0", "field": "spec.template.spec.containers[0]."
-                                                                             "resources.limits[cpu]"},
-                  {"reason": "FieldValueRequired", "message": "Required value", "field": "metadata.name"}]}}
+    status = {
+        "kind": "Status",
+        "code": 422,
+        "reason": "Invalid",
+        "message": 'Job.batch "s-0-0" is invalid: ...',
+        "details": {
+            "causes": [
+                {
+                    "reason": "FieldValueInvalid",
+                    "message": 'Invalid value: "-1": must be greater than or equal to 0',
+                    "field": "spec.template.spec.containers[0].resources.limits[cpu]",
+                },
+                {"reason": "FieldValueRequired", "message": "Required value", "field": "metadata.name"},
+            ]
+        },
+    }
     assert [str(p) for p in api_problems(status)] == [
         "spec.trial.template.spec.containers[0].resources.limits[cpu]: the API server refuses it: Invalid value: "
-        "\"-1\": must be greater than or equal to 0",
+        '"-1": must be greater than or equal to 0',
         "spec.trial.template (trial Job metadata.name): the API server refuses it: Required value",
     ]
     assert [str(p) for p in api_problems({"message": "the body is not a Job"})] == [
-        "spec.trial.template: the body is not a Job"]
+        "spec.trial.template: the body is not a Job"
+    ]
     assert api_problems("garbage")[0].field == "spec.trial.template"

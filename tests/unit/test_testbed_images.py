@@ -22,7 +22,7 @@ def test_instructions_join_continuations_and_drop_comments() -> None:
 
 def test_copy_sources_are_the_context_paths_of_copy_and_add_but_not_of_other_stages() -> None:
     dockerfile = (
-        "FROM x AS build\nCOPY --chown=1:1 a.txt src/ /opt/\nADD [\"b c.txt\", \"/d\"]\n"
+        'FROM x AS build\nCOPY --chown=1:1 a.txt src/ /opt/\nADD ["b c.txt", "/d"]\n'
         "COPY --from=build /opt /opt\nRUN cp a b\n"
     )
     assert images.copy_sources(dockerfile) == ["a.txt", "src/", "b c.txt"]
@@ -94,23 +94,34 @@ def test_pruning_keeps_current_images_and_every_step_of_their_builds() -> None:
 
 def _config(user: str, binds: list[tuple[Path, str]] | None = None, host_network: bool = False) -> dict[str, Any]:
     template = {
-        "process": {"terminal": True, "user": {"uid": 0, "gid": 0}, "args": ["sh"], "env": [], "cwd": "/",
-                    "capabilities": {"bounding": ["CAP_KILL"]}},
+        "process": {
+            "terminal": True,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh"],
+            "env": [],
+            "cwd": "/",
+            "capabilities": {"bounding": ["CAP_KILL"]},
+        },
         "root": {"path": "rootfs", "readonly": False},
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
         "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "mount"}]},
     }
     image_config = {"User": user, "Env": ["PATH=/opt/venv/bin:/usr/bin"], "WorkingDir": "/home/hpo"}
-    return image_checks.runtime_config(template, Path("/rootfs"), ["hpo-trial", "--help"], image_config,
-                                       [("A", "1")], binds or [], host_network)
+    return image_checks.runtime_config(
+        template, Path("/rootfs"), ["hpo-trial", "--help"], image_config, [("A", "1")], binds or [], host_network
+    )
 
 
 def test_checks_run_as_the_images_user_on_a_read_only_root_without_capabilities() -> None:
     config = _config("10001:10001", binds=[(Path("/scratch/v0"), "/var/lib/mysql")])
     process = config["process"]
     assert process == {
-        "terminal": False, "user": {"uid": 10001, "gid": 10001}, "args": ["hpo-trial", "--help"],
-        "env": ["PATH=/opt/venv/bin:/usr/bin", "A=1"], "cwd": "/home/hpo", "capabilities": {},
+        "terminal": False,
+        "user": {"uid": 10001, "gid": 10001},
+        "args": ["hpo-trial", "--help"],
+        "env": ["PATH=/opt/venv/bin:/usr/bin", "A=1"],
+        "cwd": "/home/hpo",
+        "capabilities": {},
         "noNewPrivileges": True,
     }
     assert config["root"] == {"path": "/rootfs", "readonly": True}

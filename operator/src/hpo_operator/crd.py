@@ -30,8 +30,12 @@ PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Trials", "type": "string", "jsonPath": ".status.progress", "description": "finished/total"},
     {"name": "Running", "type": "integer", "jsonPath": ".status.trials.running"},
-    {"name": "Waiting", "type": "integer", "jsonPath": ".status.trials.waiting",
-     "description": "dispatched trials whose pod has not started"},
+    {
+        "name": "Waiting",
+        "type": "integer",
+        "jsonPath": ".status.trials.waiting",
+        "description": "dispatched trials whose pod has not started",
+    },
     {"name": "Best", "type": "number", "jsonPath": ".status.bestTrial.value"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
@@ -82,16 +86,18 @@ def render() -> dict[str, Any]:
     rules = [
         {
             "rule": f"{_NEVER_STARTED} || (has(self.spec.{field}) ? has(oldSelf.spec.{field}) && "
-                    f"self.spec.{field} == oldSelf.spec.{field} : !has(oldSelf.spec.{field}))",
+            f"self.spec.{field} == oldSelf.spec.{field} : !has(oldSelf.spec.{field}))",
             "message": f"spec.{field} cannot change once the study has started; create a new HpoStudy instead",
         }
         for field in IMMUTABLE_ONCE_STARTED
     ]
-    rules.append({
-        "rule": f"self.metadata.name.size() <= {models.MAX_NAME_LENGTH}",
-        "message": f"metadata.name may have at most {models.MAX_NAME_LENGTH} characters: the study's Secret "
-                   f"<name>{models.READONLY_SECRET_SUFFIX} must be a valid name too",
-    })
+    rules.append(
+        {
+            "rule": f"self.metadata.name.size() <= {models.MAX_NAME_LENGTH}",
+            "message": f"metadata.name may have at most {models.MAX_NAME_LENGTH} characters: the study's Secret "
+            f"<name>{models.READONLY_SECRET_SUFFIX} must be a valid name too",
+        }
+    )
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -123,8 +123,9 @@ def names_for(namespace: str, name: str) -> StudyNames:
     within MySQL 8's 32 characters.
     """
     digest = _hash(namespace, name)
-    return StudyNames(database=f"hpo_{_slug(namespace, name, _SLUG_LENGTH)}_{digest}", user=f"hpo_{digest}",
-                      reader=f"hpo_{digest}_r")
+    return StudyNames(
+        database=f"hpo_{_slug(namespace, name, _SLUG_LENGTH)}_{digest}", user=f"hpo_{digest}", reader=f"hpo_{digest}_r"
+    )
 
 
 def legacy_database(namespace: str, name: str) -> str:
@@ -139,8 +140,9 @@ def storage_url(server: Server, user: str, database: str, password: str) -> str:
     query: dict[str, str] = {"charset": "utf8mb4"}
     if server.tls.enabled:
         query |= {"ssl_ca": TLS_CA_PATH, "ssl_check_hostname": str(server.tls.verify_identity).lower()}
-    return (f"mysql+pymysql://{user}:{quote(password, safe='')}@{server.host}:{server.port}/{database}"
-            f"?{urlencode(query)}")
+    return (
+        f"mysql+pymysql://{user}:{quote(password, safe='')}@{server.host}:{server.port}/{database}?{urlencode(query)}"
+    )
 
 
 def new_password() -> str:
@@ -159,9 +161,12 @@ class _RefuseCleartext:
         self.server = f"{connection.host}:{connection.port}"
 
     def authenticate(self, _packet: object) -> None:
-        raise CleartextRefused(2059, f"{self.server} asked for the password in clear text (mysql_clear_password "
-                                     "or dialog authentication); refused: use a password plugin that does not "
-                                     "send it, such as mysql_native_password or caching_sha2_password")
+        raise CleartextRefused(
+            2059,
+            f"{self.server} asked for the password in clear text (mysql_clear_password "
+            "or dialog authentication); refused: use a password plugin that does not "
+            "send it, such as mysql_native_password or caching_sha2_password",
+        )
 
 
 REFUSED_PLUGINS: dict[str, type] = {"mysql_clear_password": _RefuseCleartext, "dialog": _RefuseCleartext}
@@ -171,8 +176,12 @@ def connect_args(tls: Tls, timeout: float | None = None) -> dict[str, Any]:
     """PyMySQL arguments for every connection the operator makes: timeouts (each at most ``timeout``),
     no cleartext, TLS if set."""
     wait = READ_WRITE_TIMEOUT_SECONDS if timeout is None else max(1, min(READ_WRITE_TIMEOUT_SECONDS, round(timeout)))
-    args: dict[str, Any] = {"connect_timeout": min(CONNECT_TIMEOUT_SECONDS, wait), "read_timeout": wait,
-                            "write_timeout": wait, "auth_plugin_map": REFUSED_PLUGINS}
+    args: dict[str, Any] = {
+        "connect_timeout": min(CONNECT_TIMEOUT_SECONDS, wait),
+        "read_timeout": wait,
+        "write_timeout": wait,
+        "auth_plugin_map": REFUSED_PLUGINS,
+    }
     context = tls.context()
     if context is not None:
         args["ssl"] = context
@@ -186,9 +195,14 @@ def _refusal(error: pymysql.MySQLError) -> str:
 @contextmanager
 def _admin(server: Server, timeout: float | None = None) -> Iterator[pymysql.cursors.Cursor]:
     try:
-        connection = pymysql.connect(host=server.host, port=server.port, user=server.admin_user,
-                                     password=server.admin_password, autocommit=True,
-                                     **connect_args(server.tls, timeout))
+        connection = pymysql.connect(
+            host=server.host,
+            port=server.port,
+            user=server.admin_user,
+            password=server.admin_password,
+            autocommit=True,
+            **connect_args(server.tls, timeout),
+        )
     except pymysql.MySQLError as error:
         raise DatabaseError(
             f"cannot connect to MySQL at {server.host}:{server.port} as {server.admin_user}: {_refusal(error)}; "
@@ -198,16 +212,24 @@ def _admin(server: Server, timeout: float | None = None) -> Iterator[pymysql.cur
         with connection.cursor() as cursor:
             yield cursor
     except pymysql.MySQLError as error:
-        raise DatabaseError(f"MySQL at {server.host}:{server.port} refused: {_refusal(error)}; the admin user "
-                            "needs CREATE, DROP, CREATE USER and GRANT OPTION") from error
+        raise DatabaseError(
+            f"MySQL at {server.host}:{server.port} refused: {_refusal(error)}; the admin user "
+            "needs CREATE, DROP, CREATE USER and GRANT OPTION"
+        ) from error
     finally:
         connection.close()
 
 
 def _can_log_in(server: Server, user: str, password: str, database: str) -> bool:
     try:
-        pymysql.connect(host=server.host, port=server.port, user=user, password=password, database=database,
-                        **connect_args(server.tls)).close()
+        pymysql.connect(
+            host=server.host,
+            port=server.port,
+            user=user,
+            password=password,
+            database=database,
+            **connect_args(server.tls),
+        ).close()
     except pymysql.MySQLError:
         return False
     return True
@@ -226,8 +248,10 @@ def _ensure_registry(cursor: pymysql.cursors.Cursor) -> None:
 
 
 def _registered(cursor: pymysql.cursors.Cursor, namespace: str, name: str) -> StudyNames | None:
-    cursor.execute(f"SELECT database_name, user_name, reader_name FROM `{REGISTRY}`.studies "
-                   "WHERE namespace = %s AND name = %s", (namespace, name))
+    cursor.execute(
+        f"SELECT database_name, user_name, reader_name FROM `{REGISTRY}`.studies WHERE namespace = %s AND name = %s",
+        (namespace, name),
+    )
     row = cursor.fetchone()
     return StudyNames(*row) if row else None
 
@@ -238,16 +262,20 @@ def _database_exists(cursor: pymysql.cursors.Cursor, database: str) -> bool:
     return bool(row and row[0])
 
 
-def _claim(cursor: pymysql.cursors.Cursor, server: Server, namespace: str, name: str,
-           credentials: Credentials) -> StudyNames:
+def _claim(
+    cursor: pymysql.cursors.Cursor, server: Server, namespace: str, name: str, credentials: Credentials
+) -> StudyNames:
     """Decide the study's names on its first provisioning and record them; refuse a foreign claim."""
     new = names_for(namespace, name)
     claimed = credentials.claimed_database
     legacy = legacy_database(namespace, name)
     if claimed in (None, new.database):
         names = new
-    elif (claimed == legacy and _database_exists(cursor, legacy)
-          and _can_log_in(server, legacy, credentials.password, legacy)):
+    elif (
+        claimed == legacy
+        and _database_exists(cursor, legacy)
+        and _can_log_in(server, legacy, credentials.password, legacy)
+    ):
         names = StudyNames(database=legacy, user=legacy, reader=new.reader)  # provisioned before the record
     else:
         raise OwnershipConflict(
@@ -256,13 +284,17 @@ def _claim(cursor: pymysql.cursors.Cursor, server: Server, namespace: str, name:
             "Secret to provision the study's own database"
         )
     try:
-        cursor.execute(f"INSERT INTO `{REGISTRY}`.studies (namespace, name, database_name, user_name, reader_name) "
-                       "VALUES (%s, %s, %s, %s, %s)", (namespace, name, names.database, names.user, names.reader))
+        cursor.execute(
+            f"INSERT INTO `{REGISTRY}`.studies (namespace, name, database_name, user_name, reader_name) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            (namespace, name, names.database, names.user, names.reader),
+        )
     except pymysql.err.IntegrityError as error:
         if _registered(cursor, namespace, name) == names:  # a concurrent pass of the same study won
             return names
-        raise OwnershipConflict(f"database {names.database} is recorded for another study; nothing was "
-                                "changed") from error
+        raise OwnershipConflict(
+            f"database {names.database} is recorded for another study; nothing was changed"
+        ) from error
     return names
 
 
@@ -271,18 +303,25 @@ def _grant_pattern(database: str) -> str:
     return "`" + database.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "`"
 
 
-def _set_user(cursor: pymysql.cursors.Cursor, user: str, password: str, database: str,
-              privileges: tuple[str, ...], tls: bool) -> None:
+def _set_user(
+    cursor: pymysql.cursors.Cursor, user: str, password: str, database: str, privileges: tuple[str, ...], tls: bool
+) -> None:
     """Create or update one user: this password, exactly these privileges on this database alone."""
     require = "REQUIRE SSL" if tls else "REQUIRE NONE"
     cursor.execute(f"CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s {require}", (user, password))
     cursor.execute(f"ALTER USER %s@'%%' IDENTIFIED BY %s {require}", (user, password))
     grantee = f"'{user}'@'%'"
-    cursor.execute("SELECT privilege_type FROM information_schema.user_privileges WHERE grantee = %s "
-                   "AND privilege_type <> 'USAGE'", (grantee,))
+    cursor.execute(
+        "SELECT privilege_type FROM information_schema.user_privileges WHERE grantee = %s "
+        "AND privilege_type <> 'USAGE'",
+        (grantee,),
+    )
     extra = bool(cursor.fetchall())
-    cursor.execute("SELECT table_schema, privilege_type, is_grantable FROM information_schema.schema_privileges "
-                   "WHERE grantee = %s", (grantee,))
+    cursor.execute(
+        "SELECT table_schema, privilege_type, is_grantable FROM information_schema.schema_privileges "
+        "WHERE grantee = %s",
+        (grantee,),
+    )
     for schema, privilege, grantable in cursor.fetchall():
         # A legacy grant is on the unescaped pattern; anything else than exactly ours is revoked.
         pattern = schema.replace("\\_", "_").replace("\\%", "%")
@@ -308,14 +347,16 @@ def provision(server: Server, namespace: str, name: str, credentials: Credential
         if names is None:
             names = _claim(cursor, server, namespace, name, credentials)
         elif credentials.claimed_database not in (None, names.database):
-            raise OwnershipConflict(f"the study's storage Secret names database {credentials.claimed_database}, "
-                                    f"but the study's database is {names.database}; nothing was changed. Delete "
-                                    "the Secret and the operator writes it again")
-        cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{names.database}` CHARACTER SET utf8mb4 "
-                       "COLLATE utf8mb4_bin")
+            raise OwnershipConflict(
+                f"the study's storage Secret names database {credentials.claimed_database}, "
+                f"but the study's database is {names.database}; nothing was changed. Delete "
+                "the Secret and the operator writes it again"
+            )
+        cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{names.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
         _set_user(cursor, names.user, credentials.password, names.database, WRITER_PRIVILEGES, server.tls.enabled)
-        _set_user(cursor, names.reader, credentials.reader_password, names.database, READER_PRIVILEGES,
-                  server.tls.enabled)
+        _set_user(
+            cursor, names.reader, credentials.reader_password, names.database, READER_PRIVILEGES, server.tls.enabled
+        )
     create_schema(server, names.database)
     return names
 
@@ -324,14 +365,17 @@ def create_schema(server: Server, database: str) -> None:
     """Create Optuna's tables as the admin (idempotent): the study's users may not run DDL."""
     import optuna  # deferred: provisioning is the operator's only use of Optuna's schema code
 
-    engine_kwargs = {"connect_args": {"user": server.admin_user, "password": server.admin_password,
-                                      **connect_args(server.tls)}}
+    engine_kwargs = {
+        "connect_args": {"user": server.admin_user, "password": server.admin_password, **connect_args(server.tls)}
+    }
     try:
-        storage = optuna.storages.RDBStorage(f"mysql+pymysql://{server.host}:{server.port}/{database}"
-                                             "?charset=utf8mb4", engine_kwargs=engine_kwargs)
+        storage = optuna.storages.RDBStorage(
+            f"mysql+pymysql://{server.host}:{server.port}/{database}?charset=utf8mb4", engine_kwargs=engine_kwargs
+        )
     except Exception as error:
-        raise DatabaseError(f"cannot create Optuna's tables in {database} on {server.host}:{server.port}: "
-                            f"{type(error).__name__}") from error
+        raise DatabaseError(
+            f"cannot create Optuna's tables in {database} on {server.host}:{server.port}: {type(error).__name__}"
+        ) from error
     storage.engine.dispose()
 
 

@@ -54,16 +54,27 @@ def job_name(study: str, number: int, attempt: int) -> str:
     if len(study) + len(suffix) <= 63:
         return study + suffix
     digest = hashlib.sha256(study.encode()).hexdigest()[:6]
-    return f"{study[:63 - len(suffix) - 7].rstrip('-.')}-{digest}{suffix}"
+    return f"{study[: 63 - len(suffix) - 7].rstrip('-.')}-{digest}{suffix}"
 
 
 def labels(study: str, number: int, attempt: int) -> dict[str, str]:
-    return {STUDY_LABEL: label_value(study), TRIAL_LABEL: str(number), ATTEMPT_LABEL: str(attempt),
-            "app.kubernetes.io/managed-by": "hpo-operator"}
+    return {
+        STUDY_LABEL: label_value(study),
+        TRIAL_LABEL: str(number),
+        ATTEMPT_LABEL: str(attempt),
+        "app.kubernetes.io/managed-by": "hpo-operator",
+    }
 
 
-def assignment(spec: HpoStudySpec, ref: TrialRef, number: int, trial_id: int,
-               sampler: dict[str, Any], pruner: dict[str, Any] | None, attempt: int = 0) -> dict[str, Any]:
+def assignment(
+    spec: HpoStudySpec,
+    ref: TrialRef,
+    number: int,
+    trial_id: int,
+    sampler: dict[str, Any],
+    pruner: dict[str, Any] | None,
+    attempt: int = 0,
+) -> dict[str, Any]:
     """What the trial pod's runtime needs to attach to its RUNNING trial (HPO_ASSIGNMENT).
 
     ``attempt`` is the fence: the runtime tells the outcome only while the trial's `ATTEMPT_ATTR`
@@ -114,8 +125,9 @@ def _without_nulls(node: Any) -> Any:
     return node
 
 
-def build_job(spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, trial_assignment: dict[str, Any],
-              default_image: str) -> dict[str, Any]:
+def build_job(
+    spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, trial_assignment: dict[str, Any], default_image: str
+) -> dict[str, Any]:
     """The batch/v1 Job for one attempt of one trial (owner reference added by the caller)."""
     template = _without_nulls(copy.deepcopy(spec.trial.template))
     metadata = template.setdefault("metadata", {})
@@ -142,10 +154,15 @@ def build_job(spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, tria
     container["env"] = [e for e in container.get("env", []) if e.get("name") not in names] + ours
 
     if ref.storage_tls:
-        pod_spec.setdefault("volumes", []).append({"name": STORAGE_TLS_VOLUME, "secret": {
-            "secretName": ref.storage_secret, "items": [{"key": TLS_CA_KEY, "path": TLS_CA_KEY}]}})
+        pod_spec.setdefault("volumes", []).append(
+            {
+                "name": STORAGE_TLS_VOLUME,
+                "secret": {"secretName": ref.storage_secret, "items": [{"key": TLS_CA_KEY, "path": TLS_CA_KEY}]},
+            }
+        )
         container.setdefault("volumeMounts", []).append(
-            {"name": STORAGE_TLS_VOLUME, "mountPath": TLS_CA_DIR, "readOnly": True})
+            {"name": STORAGE_TLS_VOLUME, "mountPath": TLS_CA_DIR, "readOnly": True}
+        )
     if spec.checkpoints.claim_name:
         pod_spec.setdefault("volumes", []).append(
             {"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": spec.checkpoints.claim_name}}
@@ -156,8 +173,7 @@ def build_job(spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, tria
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": job_name(ref.study, number, attempt), "namespace": ref.namespace,
-                     "labels": trial_labels},
+        "metadata": {"name": job_name(ref.study, number, attempt), "namespace": ref.namespace, "labels": trial_labels},
         "spec": {
             "backoffLimit": 0,  # one attempt per Job: the operator decides about the next one
             "podReplacementPolicy": "Failed",  # never two live pods for one trial
@@ -183,8 +199,11 @@ def parallelism(requested: int, trials: int, operator_max: int) -> Parallelism:
     """``spec.budget.parallelism`` capped at the budget's trials and the operator's `HPO_MAX_PARALLELISM`."""
     value = min(requested, trials, operator_max)
     if value < min(requested, trials):
-        return Parallelism(value, f"parallelism capped at {operator_max} by the operator's HPO_MAX_PARALLELISM "
-                                  f"(spec.budget.parallelism is {requested})")
+        return Parallelism(
+            value,
+            f"parallelism capped at {operator_max} by the operator's HPO_MAX_PARALLELISM "
+            f"(spec.budget.parallelism is {requested})",
+        )
     return Parallelism(value)
 
 
@@ -205,4 +224,3 @@ def plan(parallelism: int, occupied: int, created: int, total: int, waiting: int
     slots = free_slots(parallelism, occupied, created, total)
     count = max(0, min(slots, max_waiting - waiting))
     return Plan(count, paced=count < slots)
-

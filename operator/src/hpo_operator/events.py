@@ -41,11 +41,12 @@ def instance() -> str:
 
 def _clip(message: str) -> str:
     message = redact(message)
-    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 3] + "..."
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
 
 
-def build(study: StudyRef, reason: str, message: str, warning: bool, now: datetime.datetime,
-          reporter: str) -> dict[str, Any]:
+def build(
+    study: StudyRef, reason: str, message: str, warning: bool, now: datetime.datetime, reporter: str
+) -> dict[str, Any]:
     """A core/v1 Event on the study, from `hpo-operator` (masked: no secret reaches an Event)."""
     stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     seconds = now.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -74,8 +75,12 @@ def build(study: StudyRef, reason: str, message: str, warning: bool, now: dateti
 class Recorder:
     """Posts Events on one study; bound once to the study's identity."""
 
-    def __init__(self, study: StudyRef, post: Callable[[dict[str, Any]], None],
-                 logger: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> None:
+    def __init__(
+        self,
+        study: StudyRef,
+        post: Callable[[dict[str, Any]], None],
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    ) -> None:
         self.study = study
         self._post = post
         self._logger = logger

@@ -88,16 +88,22 @@ async def wake_study(type: str, namespace: str | None, labels: kopf.Labels, body
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={STUDY_LABEL: kopf.PRESENT})
-async def wake_study_for_job(type: str, namespace: str | None, labels: kopf.Labels, body: kopf.Body,
-                             **_: Any) -> None:
+async def wake_study_for_job(type: str, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> None:
     """A trial Job failed (its pod was removed) or went away."""
     if type == "DELETED" or summarise_job(dict(body)).failed:
         _wake((namespace, labels[STUDY_LABEL]))
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=30)
-async def run_study(name: str, namespace: str | None, body: kopf.Body, memo: kopf.Memo,
-                    stopped: kopf.DaemonStopped, logger: kopf.Logger, **kwargs: Any) -> None:
+async def run_study(
+    name: str,
+    namespace: str | None,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **kwargs: Any,
+) -> None:
     assert namespace is not None  # HpoStudy is namespaced
     trial_pods: kopf.Index[Any, PodSummary] = kwargs["trial_pods"]  # the indexes above, by their names
     trial_jobs: kopf.Index[Any, JobSummary] = kwargs["trial_jobs"]
@@ -139,8 +145,16 @@ async def spec_changed(name: str, namespace: str | None, **_: Any) -> None:
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-def delete_study(name: str, namespace: str | None, spec: kopf.Spec, memo: kopf.Memo, logger: kopf.Logger,
-                 body: kopf.Body, runtime: datetime.timedelta, **_: Any) -> None:
+def delete_study(
+    name: str,
+    namespace: str | None,
+    spec: kopf.Spec,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    body: kopf.Body,
+    runtime: datetime.timedelta,
+    **_: Any,
+) -> None:
     """Drop the study's database under policy Delete; retry for HPO_DELETE_TIMEOUT_SECONDS, then let the study go."""
     assert namespace is not None
     if (loop := memo.get("loop")) is not None:
@@ -157,24 +171,32 @@ def delete_study(name: str, namespace: str | None, spec: kopf.Spec, memo: kopf.M
         dropped = provisioning.drop(SETTINGS, namespace, name, parsed, timeout=max(1.0, remaining))
     except provisioning.ProvisioningProblem as problem:
         if runtime.total_seconds() < SETTINGS.delete_timeout_seconds:
-            raise kopf.TemporaryError(f"the study's database is not dropped yet ({problem}); retrying",
-                                      delay=min(10, max(1, remaining))) from problem
+            raise kopf.TemporaryError(
+                f"the study's database is not dropped yet ({problem}); retrying", delay=min(10, max(1, remaining))
+            ) from problem
         message = _left_behind(namespace, name, parsed.storage.host, parsed.storage.port, problem, runtime)
         logger.error(message)
         metadata = body.get("metadata") or {}
-        events.Recorder(events.StudyRef(namespace, name, str(metadata.get("uid") or "")), kube.create_event,
-                        logger)("DatabaseNotDropped", message, warning=True)
+        events.Recorder(events.StudyRef(namespace, name, str(metadata.get("uid") or "")), kube.create_event, logger)(
+            "DatabaseNotDropped", message, warning=True
+        )
         return
-    logger.info(f"study {namespace}/{name} deleted; dropped database {dropped.database}" if dropped else
-                f"study {namespace}/{name} deleted; no database was recorded for it")
+    logger.info(
+        f"study {namespace}/{name} deleted; dropped database {dropped.database}"
+        if dropped
+        else f"study {namespace}/{name} deleted; no database was recorded for it"
+    )
 
 
-def _left_behind(namespace: str, name: str, host: str | None, port: int | None, problem: Exception,
-                 runtime: datetime.timedelta) -> str:
+def _left_behind(
+    namespace: str, name: str, host: str | None, port: int | None, problem: Exception, runtime: datetime.timedelta
+) -> str:
     """What to clean by hand when the drop was given up (names as the server records them)."""
     names = database.names_for(namespace, name)
     server = f"{host or SETTINGS.mysql_host}:{port or SETTINGS.mysql_port}"
-    return (f"gave up dropping the study's database after {runtime.total_seconds():.0f}s ({problem}); the study is "
-            f"deleted, its database is not. Drop by hand on {server}: the database and users recorded for "
-            f"{namespace}/{name} in {database.REGISTRY}.studies (normally database {names.database}, users "
-            f"{names.user} and {names.reader}), then that row")
+    return (
+        f"gave up dropping the study's database after {runtime.total_seconds():.0f}s ({problem}); the study is "
+        f"deleted, its database is not. Drop by hand on {server}: the database and users recorded for "
+        f"{namespace}/{name} in {database.REGISTRY}.studies (normally database {names.database}, users "
+        f"{names.user} and {names.reader}), then that row"
+    )

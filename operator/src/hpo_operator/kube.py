@@ -62,8 +62,16 @@ def ensure_secret(namespace: str, name: str, data: dict[str, str], owner: dict[s
     """Create the study's Secret, or bring an existing one's keys to ``data`` (others are kept)."""
     current = read_secret(namespace, name)
     if current is None:
-        create_owned({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                      "metadata": {"name": name, "namespace": namespace}, "stringData": data}, owner)
+        create_owned(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {"name": name, "namespace": namespace},
+                "stringData": data,
+            },
+            owner,
+        )
     elif any(current.get(key) != value for key, value in data.items()):
         client.CoreV1Api(api()).patch_namespaced_secret(name, namespace, {"stringData": data})
 

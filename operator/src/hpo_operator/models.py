@@ -41,11 +41,14 @@ class Objective(Model):
     """What the trials optimise: one direction, or several for a multi-objective study."""
 
     directions: list[Direction] = Field(
-        default=[Direction.MINIMIZE], min_length=1, max_length=8,
+        default=[Direction.MINIMIZE],
+        min_length=1,
+        max_length=8,
         description="One direction per value the objective returns (several make a multi-objective study).",
     )
     metrics: list[str] = Field(
-        default=[], max_length=8,
+        default=[],
+        max_length=8,
         description="Names of the objective's values, one per direction (shown in status and the dashboard).",
     )
 
@@ -65,7 +68,8 @@ class Parameter(Model):
     step: float | None = Field(default=None, gt=0, description="Discretisation step (float and int).")
     log: bool = Field(default=False, description="Sample on a log scale (needs low > 0).")
     choices: list[Any] = Field(
-        default=[], description="Values of a categorical parameter: strings, numbers or booleans (not null).",
+        default=[],
+        description="Values of a categorical parameter: strings, numbers or booleans (not null).",
         json_schema_extra={"items": {"x-kubernetes-preserve-unknown-fields": True}},
     )
 
@@ -86,14 +90,17 @@ class Sampler(Model):
 
     name: SamplerName = Field(default=SamplerName.TPE, description="TPE (tuned to the study's parallelism) unless set.")
     seed: int | None = Field(
-        default=None, ge=0, le=2**32 - 1,
+        default=None,
+        ge=0,
+        le=2**32 - 1,
         description="Seed for reproducible sampling: each trial's seed is derived from it and the trial number, so "
-                    "a study runs the same again while parameters the objective suggests itself still vary.",
+        "a study runs the same again while parameters the objective suggests itself still vary.",
     )
     options: dict[str, Any] = Field(
-        default={}, description="Keyword arguments of the Optuna sampler, e.g. n_startup_trials for tpe (checked "
-                                "against the sampler's signature and types; options that take Python objects or "
-                                "functions cannot be given).",
+        default={},
+        description="Keyword arguments of the Optuna sampler, e.g. n_startup_trials for tpe (checked "
+        "against the sampler's signature and types; options that take Python objects or "
+        "functions cannot be given).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
@@ -111,7 +118,8 @@ class Pruner(Model):
 
     name: PrunerName = Field(default=PrunerName.NONE, description="Which Optuna pruner stops weak trials early.")
     options: dict[str, Any] = Field(
-        default={}, description="Keyword arguments of the Optuna pruner, e.g. n_warmup_steps for median.",
+        default={},
+        description="Keyword arguments of the Optuna pruner, e.g. n_warmup_steps for median.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
@@ -121,16 +129,20 @@ class Budget(Model):
 
     trials: int = Field(ge=1, description="Total number of trials N (raise it to continue a finished study).")
     parallelism: int = Field(
-        default=1, ge=1, description="At most this many unfinished trials at once (M); capped at trials and at the "
-                                     "operator's HPO_MAX_PARALLELISM (status.parallelism shows the value in force).",
+        default=1,
+        ge=1,
+        description="At most this many unfinished trials at once (M); capped at trials and at the "
+        "operator's HPO_MAX_PARALLELISM (status.parallelism shows the value in force).",
     )
     max_failed_trials: int | None = Field(
         default=None, ge=0, description="The study fails when more trials than this have failed (unset: no limit)."
     )
     retries_per_trial: int = Field(default=1, ge=0, description="Crashed attempts of one trial that are re-run.")
     max_preemptions_per_trial: int = Field(
-        default=10, ge=0, description="Preemptions (deletion, eviction, node loss) of one trial that are run again "
-                                      "for free; one more fails the trial. A queue's suspension is not counted.",
+        default=10,
+        ge=0,
+        description="Preemptions (deletion, eviction, node loss) of one trial that are run again "
+        "for free; one more fails the trial. A queue's suspension is not counted.",
     )
     trial_timeout_seconds: int | None = Field(default=None, ge=1, description="Time limit of one trial attempt.")
     deadline_seconds: int | None = Field(
@@ -159,17 +171,24 @@ HOST_NAME = r"^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]
 class SecretRef(Model):
     """A Secret of the study's namespace."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
-                      description="A Secret in the study's own namespace.")
+    name: str = Field(
+        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="A Secret in the study's own namespace."
+    )
 
 
 class SecretKeyRef(Model):
     """One key of a Secret of the study's namespace."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
-                      description="A Secret in the study's own namespace.")
-    key: str = Field(default="ca.crt", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$",
-                     description="The key that holds the PEM certificates.")
+    name: str = Field(
+        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="A Secret in the study's own namespace."
+    )
+    key: str = Field(
+        default="ca.crt",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="The key that holds the PEM certificates.",
+    )
 
 
 class TlsMode(StrEnum):
@@ -183,7 +202,7 @@ class StorageTls(Model):
     mode: TlsMode = Field(
         default=TlsMode.VERIFY_IDENTITY,
         description="VerifyIdentity checks the server's certificate against the CA and its name against the host; "
-                    "VerifyCA the certificate only.",
+        "VerifyCA the certificate only.",
     )
     ca_secret: SecretKeyRef = Field(description="The CA that signed the server's certificate (PEM).")
 
@@ -195,16 +214,21 @@ class Storage(Model):
     server must bring that server's admin in `adminSecret`.
     """
 
-    host: str | None = Field(default=None, max_length=253, pattern=HOST_NAME,
-                             description="MySQL host name or IPv4 address (default: the operator's server).")
+    host: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=HOST_NAME,
+        description="MySQL host name or IPv4 address (default: the operator's server).",
+    )
     port: int | None = Field(default=None, ge=1, le=65535, description="MySQL port (default: the operator's).")
     admin_secret: SecretRef | None = Field(
-        default=None, description="Secret with keys username and password of an admin of the server; required "
-                                  "when host or port names another server than the operator's.",
+        default=None,
+        description="Secret with keys username and password of an admin of the server; required "
+        "when host or port names another server than the operator's.",
     )
     tls: StorageTls | None = Field(
-        default=None, description="TLS to the server named in host (the operator's server follows the operator's "
-                                  "settings).",
+        default=None,
+        description="TLS to the server named in host (the operator's server follows the operator's settings).",
     )
     deletion_policy: DeletionPolicy = Field(
         default=DeletionPolicy.RETAIN, description="Retain keeps the study's database when the study is deleted."
@@ -227,12 +251,14 @@ class Trial(Model):
     """How a trial pod runs: the objective and a pod template (defaults: the trial image's workload)."""
 
     objective: str | None = Field(
-        default=None, description="The objective as module:function, e.g. my_package.train:objective (default: the "
-                                  "trial image's workload).",
+        default=None,
+        description="The objective as module:function, e.g. my_package.train:objective (default: the "
+        "trial image's workload).",
     )
     quick_scan: bool = Field(default=False, description="Train the default workload on a small subset.")
     template: dict[str, Any] = Field(
-        default={}, description="A pod template (metadata, spec) for trial pods; the trial container is 'trial'.",
+        default={},
+        description="A pod template (metadata, spec) for trial pods; the trial container is 'trial'.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
@@ -240,11 +266,13 @@ class Trial(Model):
 class HpoStudySpec(Model):
     """What to optimise, over which parameters, with which budget, and how trial pods run."""
 
-    objective: Objective = Field(default_factory=Objective, description="Directions and metric names (immutable "
-                                                                         "once the study has started).")
+    objective: Objective = Field(
+        default_factory=Objective, description="Directions and metric names (immutable once the study has started)."
+    )
     search_space: dict[str, Parameter] = Field(
-        default={}, description="Declared parameters by name; the objective may suggest more at run time (immutable "
-                                "once the study has started).",
+        default={},
+        description="Declared parameters by name; the objective may suggest more at run time (immutable "
+        "once the study has started).",
     )
     sampler: Sampler = Field(default_factory=Sampler, description="The sampler and its options (TPE by default).")
     pruner: Pruner = Field(default_factory=Pruner, description="The pruner and its options (none by default).")
@@ -253,13 +281,16 @@ class HpoStudySpec(Model):
         default=EndPolicy.DRAIN, description="When the study ends: let running trials finish, or stop them."
     )
     warm_start: list[dict[str, Any]] = Field(
-        default=[], description="Parameter sets to run first, in order (trial 0, 1, ...); at most 1000, and never more "
-                                "than budget.trials of them.",
+        default=[],
+        description="Parameter sets to run first, in order (trial 0, 1, ...); at most 1000, and never more "
+        "than budget.trials of them.",
         json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
     )
     trial: Trial = Field(default_factory=Trial, description="The objective and the pod template of trial pods.")
-    storage: Storage = Field(default_factory=Storage, description="The MySQL server of the study's database "
-                                                                  "(immutable once the study has started).")
+    storage: Storage = Field(
+        default_factory=Storage,
+        description="The MySQL server of the study's database (immutable once the study has started).",
+    )
     checkpoints: Checkpoints = Field(default_factory=Checkpoints, description="The checkpoint volume of trial pods.")
     suspend: bool = Field(default=False, description="Stop dispatching and stop running trials (checkpoints kept).")
 
@@ -277,8 +308,9 @@ class TrialCounts(Model):
 
     running: int = Field(default=0, description="Unfinished trials whose pod has started.")
     waiting: int = Field(
-        default=0, description="Unfinished trials whose pod has not started yet (unschedulable, pulling its image, or "
-                               "not admitted by a queue); the TrialsWaiting condition says why.",
+        default=0,
+        description="Unfinished trials whose pod has not started yet (unschedulable, pulling its image, or "
+        "not admitted by a queue); the TrialsWaiting condition says why.",
     )
     complete: int = Field(default=0, description="Trials that returned a value.")
     pruned: int = Field(default=0, description="Trials the pruner stopped.")
@@ -291,8 +323,11 @@ class BestTrial(Model):
     number: int = Field(description="The Optuna trial number.")
     value: float | None = Field(default=None, description="Its value (single-objective studies).")
     values: list[float] | None = Field(default=None, description="Its values (multi-objective studies).")
-    params: dict[str, Any] = Field(default={}, description="Its parameters, declared and suggested.",
-                                   json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    params: dict[str, Any] = Field(
+        default={},
+        description="Its parameters, declared and suggested.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
 
 
 class RunningTrial(Model):
@@ -330,8 +365,9 @@ class HpoStudyStatus(Model):
     progress: str = Field(default="", description="finished/total trials, for kubectl get.")
     trials: TrialCounts = Field(default_factory=TrialCounts, description="The study's trials by state.")
     parallelism: int | None = Field(
-        default=None, description="The parallelism in force: spec.budget.parallelism capped at spec.budget.trials "
-                                  "and the operator's HPO_MAX_PARALLELISM.",
+        default=None,
+        description="The parallelism in force: spec.budget.parallelism capped at spec.budget.trials "
+        "and the operator's HPO_MAX_PARALLELISM.",
     )
     best_trial: BestTrial | None = Field(default=None, description="Single-objective: the best COMPLETE trial.")
     pareto_front: list[BestTrial] = Field(default=[], description="Multi-objective: the best trials, bounded.")
@@ -339,9 +375,11 @@ class HpoStudyStatus(Model):
     checkpoint: StudyCheckpoint | None = Field(default=None, description="The study's last progress record.")
     optuna_study: str | None = Field(default=None, description="The Optuna study name in the study's database.")
     started_at: str | None = Field(
-        default=None, description="When the study first ran (RFC 3339); from then on spec.objective, searchSpace "
-                                  "and storage cannot change.",
+        default=None,
+        description="When the study first ran (RFC 3339); from then on spec.objective, searchSpace "
+        "and storage cannot change.",
     )
     observed_generation: int | None = Field(default=None, description="The spec generation this status is about.")
-    conditions: list[Condition] = Field(default=[], description="Validated, DatabaseReady, Progressing, "
-                                                                "TrialsWaiting and Finished.")
+    conditions: list[Condition] = Field(
+        default=[], description="Validated, DatabaseReady, Progressing, TrialsWaiting and Finished."
+    )

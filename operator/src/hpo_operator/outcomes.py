@@ -29,8 +29,15 @@ from hpo_operator.contract import EXIT_DATABASE_UNAVAILABLE, EXIT_INTERRUPTED, E
 from hpo_operator.models import ATTEMPT_LABEL, TRIAL_LABEL
 
 INTERRUPTED_EXIT_CODES = (EXIT_INTERRUPTED, 137)  # the runtime exits 143 on SIGTERM; 137 is SIGKILL after the grace
-PREEMPTION_REASONS = {"Evicted", "Preempting", "Terminated", "NodeShutdown", "NodeLost", "NodeAgentRestarted",
-                      "UnexpectedAdmissionError"}
+PREEMPTION_REASONS = {
+    "Evicted",
+    "Preempting",
+    "Terminated",
+    "NodeShutdown",
+    "NodeLost",
+    "NodeAgentRestarted",
+    "UnexpectedAdmissionError",
+}
 UNCONFIRMED_DELETION_SECONDS = 30
 """A pod still there this long after its deletion deadline: its node never confirmed it stopped."""
 DATABASE_BACKOFF_SECONDS = (10, 20, 40, 80, 160, 300)
@@ -132,8 +139,9 @@ def summarise(pod: dict[str, Any]) -> PodSummary:
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     scheduled = conditions.get("PodScheduled", {})
     unschedulable = scheduled.get("status") == "False"
-    waiting_text = (f"{waiting.get('reason', '')}: {waiting.get('message', '')}".strip(": ")
-                    or (scheduled.get("message", "") if unschedulable else ""))
+    waiting_text = f"{waiting.get('reason', '')}: {waiting.get('message', '')}".strip(": ") or (
+        scheduled.get("message", "") if unschedulable else ""
+    )
     ready = conditions.get("Ready", {}).get("status")
     deletion = _time(metadata.get("deletionTimestamp"))
     return PodSummary(
@@ -173,8 +181,9 @@ def summarise_job(job: dict[str, Any]) -> JobSummary:
     )
 
 
-def classify(pod: PodSummary, now: datetime.datetime, start_timeout: float,
-             since: datetime.datetime | None = None) -> Verdict:
+def classify(
+    pod: PodSummary, now: datetime.datetime, start_timeout: float, since: datetime.datetime | None = None
+) -> Verdict:
     """What one attempt's pod says about its trial (``since``: when it could first start, if not at creation)."""
     if pod.phase == "Succeeded":
         return Verdict(Outcome.SUCCEEDED)
@@ -197,8 +206,9 @@ def _failed(pod: PodSummary) -> Verdict:
     if pod.reason == "OOMKilled":
         return Verdict(Outcome.CRASHED, "OOMKilled: raise the trial container's memory limit")
     if pod.exit_code == EXIT_DATABASE_UNAVAILABLE:
-        return Verdict(Outcome.DATABASE_UNAVAILABLE, pod.message or "the trial pod could not reach the study's "
-                                                                   "database")
+        return Verdict(
+            Outcome.DATABASE_UNAVAILABLE, pod.message or "the trial pod could not reach the study's database"
+        )
     if pod.exit_code == EXIT_SUPERSEDED:
         return Verdict(Outcome.SUPERSEDED, "a later attempt owns the trial")
     if pod.exit_code in INTERRUPTED_EXIT_CODES:
@@ -277,48 +287,88 @@ def decide(view: TrialView, rules: Rules, now: datetime.datetime) -> Decision:
     job, pod = view.job, view.pod
     live = pod is not None and holds_slot(pod, now)
     if rules.stopping:
-        return Decision(Action.STOP, f"stopped: the study ended ({rules.end_reason})" if rules.ended else
-                        "stopped: the study is suspended", attempt=job.attempt if job else len(view.outcomes),
-                        delete_job=job is not None, live=live, fail=rules.ended and not live)
+        return Decision(
+            Action.STOP,
+            f"stopped: the study ended ({rules.end_reason})" if rules.ended else "stopped: the study is suspended",
+            attempt=job.attempt if job else len(view.outcomes),
+            delete_job=job is not None,
+            live=live,
+            fail=rules.ended and not live,
+        )
     if job is None:
         if live:  # its Job went away (deleted by hand, or the study was suspended) and the pod still stops
             return Decision(Action.WAIT, "waiting for the previous pod to stop", live=True)
-        return Decision(Action.START, "asked but never given a Job, or its Job went away",
-                        attempt=_next_attempt(view, None), waiting=Waiting.STARTING)
+        return Decision(
+            Action.START,
+            "asked but never given a Job, or its Job went away",
+            attempt=_next_attempt(view, None),
+            waiting=Waiting.STARTING,
+        )
     pod = _current_pod(job, pod)
     verdict = _verdict(view, job, pod, rules, now)
     outcome, attempt = verdict.outcome, job.attempt
     if outcome is Outcome.ACTIVE:
-        return Decision(Action.WAIT, verdict.reason, attempt=attempt, waiting=_waiting(job, pod),
-                        live=pod is not None and not pod.terminal)
+        return Decision(
+            Action.WAIT,
+            verdict.reason,
+            attempt=attempt,
+            waiting=_waiting(job, pod),
+            live=pod is not None and not pod.terminal,
+        )
     earlier = [o for index, o in enumerate(view.outcomes) if index != attempt]
     if outcome is Outcome.SUCCEEDED:  # exited 0 yet the trial is still RUNNING
-        outcome, verdict = Outcome.CRASHED, Verdict(Outcome.CRASHED, "the trial pod exited 0 without reporting a "
-                                                                    "result to Optuna")
+        outcome, verdict = (
+            Outcome.CRASHED,
+            Verdict(Outcome.CRASHED, "the trial pod exited 0 without reporting a result to Optuna"),
+        )
     if outcome is Outcome.SUPERSEDED:  # a later attempt was being given the trial: carry that through
         outcome = Outcome.LOST
     if rules.ended:
-        return Decision(Action.FAIL, f"{verdict.reason}; the study has ended ({rules.end_reason})", attempt=attempt,
-                        record=outcome, delete_job=outcome is Outcome.NEVER_STARTED)
+        return Decision(
+            Action.FAIL,
+            f"{verdict.reason}; the study has ended ({rules.end_reason})",
+            attempt=attempt,
+            record=outcome,
+            delete_job=outcome is Outcome.NEVER_STARTED,
+        )
     if outcome in (Outcome.PREEMPTED, Outcome.LOST):
         preemptions = sum(o in PREEMPTIONS for o in earlier) + 1
         if preemptions > rules.max_preemptions:
-            return Decision(Action.FAIL, f"{verdict.reason}; preempted {preemptions} times, more than "
-                                         f"spec.budget.maxPreemptionsPerTrial ({rules.max_preemptions})",
-                            attempt=attempt, record=outcome)
-        return Decision(Action.REQUEUE, verdict.reason, attempt=attempt + 1, record=outcome, delete_job=True,
-                        fence=outcome is Outcome.LOST or pod is None)
+            return Decision(
+                Action.FAIL,
+                f"{verdict.reason}; preempted {preemptions} times, more than "
+                f"spec.budget.maxPreemptionsPerTrial ({rules.max_preemptions})",
+                attempt=attempt,
+                record=outcome,
+            )
+        return Decision(
+            Action.REQUEUE,
+            verdict.reason,
+            attempt=attempt + 1,
+            record=outcome,
+            delete_job=True,
+            fence=outcome is Outcome.LOST or pod is None,
+        )
     if outcome is Outcome.DATABASE_UNAVAILABLE:
         return _after_database_outage(view, pod, job, verdict, earlier, now)
     if outcome is Outcome.CRASHED:
         crashes = sum(o == Outcome.CRASHED.value for o in earlier) + 1
         if crashes <= rules.retries:
-            return Decision(Action.RETRY, f"{verdict.reason}; retry {crashes} of {rules.retries}",
-                            attempt=attempt + 1, record=outcome)
+            return Decision(
+                Action.RETRY,
+                f"{verdict.reason}; retry {crashes} of {rules.retries}",
+                attempt=attempt + 1,
+                record=outcome,
+            )
         suffix = f"; no retry left (spec.budget.retriesPerTrial: {rules.retries})" if rules.retries else ""
         return Decision(Action.FAIL, verdict.reason + suffix, attempt=attempt, record=outcome)
-    return Decision(Action.FAIL, verdict.reason, attempt=attempt, record=outcome,  # never started
-                    delete_job=True)
+    return Decision(
+        Action.FAIL,
+        verdict.reason,
+        attempt=attempt,
+        record=outcome,  # never started
+        delete_job=True,
+    )
 
 
 def _next_attempt(view: TrialView, job: JobSummary | None) -> int:
@@ -327,14 +377,17 @@ def _next_attempt(view: TrialView, job: JobSummary | None) -> int:
 
 def _current_pod(job: JobSummary, pod: PodSummary | None) -> PodSummary | None:
     """The attempt's pod, unless it was stopped by a queue's suspension of the Job (which is no ending)."""
-    if pod is not None and job.resumed_at is not None and pod.terminal \
-            and (pod.finished_at or pod.created) <= job.resumed_at:
+    if (
+        pod is not None
+        and job.resumed_at is not None
+        and pod.terminal
+        and (pod.finished_at or pod.created) <= job.resumed_at
+    ):
         return None
     return pod
 
 
-def _verdict(view: TrialView, job: JobSummary, pod: PodSummary | None, rules: Rules,
-             now: datetime.datetime) -> Verdict:
+def _verdict(view: TrialView, job: JobSummary, pod: PodSummary | None, rules: Rules, now: datetime.datetime) -> Verdict:
     if job.suspended:
         return Verdict(Outcome.ACTIVE, "the Job is suspended until a queue admits it")
     if pod is not None:
@@ -396,8 +449,14 @@ def _waiting(job: JobSummary, pod: PodSummary | None) -> Waiting | None:
     return Waiting.UNSCHEDULABLE if pod.unschedulable else Waiting.STARTING
 
 
-def _after_database_outage(view: TrialView, pod: PodSummary | None, job: JobSummary, verdict: Verdict,
-                           earlier: list[str], now: datetime.datetime) -> Decision:
+def _after_database_outage(
+    view: TrialView,
+    pod: PodSummary | None,
+    job: JobSummary,
+    verdict: Verdict,
+    earlier: list[str],
+    now: datetime.datetime,
+) -> Decision:
     """Run the trial again at no cost, after a pause that grows with each outage in a row."""
     in_a_row = 0
     for outcome in reversed(earlier):
@@ -408,7 +467,16 @@ def _after_database_outage(view: TrialView, pod: PodSummary | None, job: JobSumm
     ended_at = (pod.finished_at or pod.created) if pod is not None else job.created
     left = pause - (now - ended_at).total_seconds()
     if left > 0:
-        return Decision(Action.WAIT, f"its pod could not reach the study's database; running it again in "
-                                     f"{left:.0f}s", attempt=job.attempt, waiting=Waiting.PAUSED)
-    return Decision(Action.REQUEUE, f"{verdict.reason} (the database was unavailable: no retry spent)",
-                    attempt=job.attempt + 1, record=Outcome.DATABASE_UNAVAILABLE, delete_job=True)
+        return Decision(
+            Action.WAIT,
+            f"its pod could not reach the study's database; running it again in {left:.0f}s",
+            attempt=job.attempt,
+            waiting=Waiting.PAUSED,
+        )
+    return Decision(
+        Action.REQUEUE,
+        f"{verdict.reason} (the database was unavailable: no retry spent)",
+        attempt=job.attempt + 1,
+        record=Outcome.DATABASE_UNAVAILABLE,
+        delete_job=True,
+    )

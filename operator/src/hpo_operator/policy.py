@@ -56,27 +56,36 @@ class Policy:
     def storage_problems(self, storage: Storage) -> list[Problem]:
         if self.uses_default_server(storage):
             if storage.tls is not None:
-                return [Problem("spec.storage.tls", "applies to a server the study names in spec.storage.host; "
-                                                    "the operator's server uses the operator's TLS settings; "
-                                                    "remove it")]
+                return [
+                    Problem(
+                        "spec.storage.tls",
+                        "applies to a server the study names in spec.storage.host; "
+                        "the operator's server uses the operator's TLS settings; "
+                        "remove it",
+                    )
+                ]
             return []
         host, port = storage.host or self.default_host, storage.port or self.default_port
         problems = []
         if storage.admin_secret is None:
-            problems.append(Problem(
-                "spec.storage.adminSecret",
-                f"required because spec.storage names a server other than the operator's ({host}:{port}): the "
-                "operator's admin credentials are used on its own server only; name a Secret of this namespace "
-                "with the keys username and password of an admin of that server, or remove spec.storage.host "
-                "and spec.storage.port",
-            ))
+            problems.append(
+                Problem(
+                    "spec.storage.adminSecret",
+                    f"required because spec.storage names a server other than the operator's ({host}:{port}): the "
+                    "operator's admin credentials are used on its own server only; name a Secret of this namespace "
+                    "with the keys username and password of an admin of that server, or remove spec.storage.host "
+                    "and spec.storage.port",
+                )
+            )
         if not self.host_allowed(host, port):
-            problems.append(Problem(
-                "spec.storage.host",
-                f"{host}:{port} is not among the storage hosts the operator allows (HPO_STORAGE_HOSTS: "
-                f"{', '.join(self.storage_hosts)}); use one of them, or remove spec.storage.host to use the "
-                "operator's server",
-            ))
+            problems.append(
+                Problem(
+                    "spec.storage.host",
+                    f"{host}:{port} is not among the storage hosts the operator allows (HPO_STORAGE_HOSTS: "
+                    f"{', '.join(self.storage_hosts)}); use one of them, or remove spec.storage.host to use the "
+                    "operator's server",
+                )
+            )
         return problems
 
     def trial_pod_problems(self, template: dict[str, Any]) -> list[Problem]:
@@ -92,13 +101,18 @@ class Policy:
                 problems.append(Problem(f"{_TEMPLATE}.{key}", self._account_message(value)))
         may_have_token = account in self.trial_service_accounts
         if pod.get("automountServiceAccountToken") is True and not may_have_token:
-            problems.append(Problem(f"{_TEMPLATE}.automountServiceAccountToken",
-                                    f"trial pods get no ServiceAccount token unless their ServiceAccount ({account}) "
-                                    "is listed in the operator's HPO_TRIAL_SERVICE_ACCOUNTS; remove it"))
+            problems.append(
+                Problem(
+                    f"{_TEMPLATE}.automountServiceAccountToken",
+                    f"trial pods get no ServiceAccount token unless their ServiceAccount ({account}) "
+                    "is listed in the operator's HPO_TRIAL_SERVICE_ACCOUNTS; remove it",
+                )
+            )
         for key in ("hostNetwork", "hostPID", "hostIPC"):
             if pod.get(key):
-                problems.append(Problem(f"{_TEMPLATE}.{key}", "trial pods may not share the node's namespaces; "
-                                                              "remove it"))
+                problems.append(
+                    Problem(f"{_TEMPLATE}.{key}", "trial pods may not share the node's namespaces; remove it")
+                )
         problems += _volume_problems(pod.get("volumes"), may_have_token, account)
         for kind in _CONTAINER_KINDS:
             problems += _container_problems(kind, pod.get(kind))
@@ -106,8 +120,10 @@ class Policy:
 
     def _account_message(self, account: object) -> str:
         allowed = ", ".join([DEFAULT_SERVICE_ACCOUNT, *self.trial_service_accounts])
-        return (f"trial pods may run as {allowed}; {account!r} is not allowed by the operator's policy "
-                "(HPO_TRIAL_SERVICE_ACCOUNTS); remove it or ask your cluster admin to allow it")
+        return (
+            f"trial pods may run as {allowed}; {account!r} is not allowed by the operator's policy "
+            "(HPO_TRIAL_SERVICE_ACCOUNTS); remove it or ask your cluster admin to allow it"
+        )
 
 
 def _host(host: str) -> str:
@@ -129,14 +145,23 @@ def _volume_problems(volumes: object, may_have_token: bool, account: str) -> lis
     for index, volume in enumerate(_items(volumes, f"{_TEMPLATE}.volumes", problems)):
         where = f"{_TEMPLATE}.volumes[{index}]"
         if "hostPath" in volume:
-            problems.append(Problem(f"{where}.hostPath", "trial pods may not mount paths of the node; use a "
-                                                         "PersistentVolumeClaim (spec.checkpoints.claimName)"))
+            problems.append(
+                Problem(
+                    f"{where}.hostPath",
+                    "trial pods may not mount paths of the node; use a "
+                    "PersistentVolumeClaim (spec.checkpoints.claimName)",
+                )
+            )
         sources = (volume.get("projected") or {}).get("sources") if isinstance(volume.get("projected"), dict) else None
         for position, source in enumerate(_items(sources, f"{where}.projected.sources", problems)):
             if "serviceAccountToken" in source and not may_have_token:
-                problems.append(Problem(f"{where}.projected.sources[{position}].serviceAccountToken",
-                                        f"trial pods get no ServiceAccount token unless their ServiceAccount "
-                                        f"({account}) is listed in HPO_TRIAL_SERVICE_ACCOUNTS; remove it"))
+                problems.append(
+                    Problem(
+                        f"{where}.projected.sources[{position}].serviceAccountToken",
+                        f"trial pods get no ServiceAccount token unless their ServiceAccount "
+                        f"({account}) is listed in HPO_TRIAL_SERVICE_ACCOUNTS; remove it",
+                    )
+                )
     return problems
 
 
@@ -149,14 +174,21 @@ def _container_problems(kind: str, containers: object) -> list[Problem]:
             problems.append(Problem(f"{where}.securityContext", "must be an object"))
             continue
         if context.get("privileged"):
-            problems.append(Problem(f"{where}.securityContext.privileged", "trial pods may not be privileged; "
-                                                                            "remove it"))
+            problems.append(
+                Problem(f"{where}.securityContext.privileged", "trial pods may not be privileged; remove it")
+            )
         capabilities = context.get("capabilities") or {}
         if isinstance(capabilities, dict) and capabilities.get("add"):
-            problems.append(Problem(f"{where}.securityContext.capabilities.add",
-                                    "trial pods may not add Linux capabilities; remove it"))
+            problems.append(
+                Problem(
+                    f"{where}.securityContext.capabilities.add", "trial pods may not add Linux capabilities; remove it"
+                )
+            )
         for position, port in enumerate(_items(container.get("ports"), f"{where}.ports", problems)):
             if port.get("hostPort"):
-                problems.append(Problem(f"{where}.ports[{position}].hostPort", "trial pods may not bind ports of "
-                                                                               "the node; remove it"))
+                problems.append(
+                    Problem(
+                        f"{where}.ports[{position}].hostPort", "trial pods may not bind ports of the node; remove it"
+                    )
+                )
     return problems

@@ -51,13 +51,17 @@ def server(settings: Settings, namespace: str, spec: HpoStudySpec) -> database.S
     secret = kube.read_secret(namespace, storage.admin_secret.name)
     if secret is None or not secret.get("username") or not secret.get("password"):
         found = "does not exist" if secret is None else "lacks the key username or password"
-        raise ProvisioningProblem(f"{where} {found} in namespace {namespace}; create it with the keys username "
-                                  "and password of an admin of the study's MySQL server", st.REASON_ADMIN_SECRET)
+        raise ProvisioningProblem(
+            f"{where} {found} in namespace {namespace}; create it with the keys username "
+            "and password of an admin of the study's MySQL server",
+            st.REASON_ADMIN_SECRET,
+        )
     redaction.remember(secret["password"])
     default_server = settings.policy.uses_default_server(storage)
     tls = default.tls if default_server else _study_tls(namespace, spec)
-    return database.Server(storage.host or default.host, storage.port or default.port, secret["username"],
-                           secret["password"], tls)
+    return database.Server(
+        storage.host or default.host, storage.port or default.port, secret["username"], secret["password"], tls
+    )
 
 
 def _study_tls(namespace: str, spec: HpoStudySpec) -> database.Tls:
@@ -69,22 +73,25 @@ def _study_tls(namespace: str, spec: HpoStudySpec) -> database.Tls:
     try:
         ssl.create_default_context(cadata=pem)
     except (ssl.SSLError, ValueError):
-        raise ProvisioningProblem(f"key {ref.key} of Secret {ref.name} (spec.storage.tls.caSecret) is missing or "
-                                  "not a PEM certificate; put the CA that signed the server's certificate there",
-                                  st.REASON_TLS_CA) from None
+        raise ProvisioningProblem(
+            f"key {ref.key} of Secret {ref.name} (spec.storage.tls.caSecret) is missing or "
+            "not a PEM certificate; put the CA that signed the server's certificate there",
+            st.REASON_TLS_CA,
+        ) from None
     return database.Tls(ca_pem=pem, verify_identity=tls.mode is TlsMode.VERIFY_IDENTITY)
 
 
-def provision(settings: Settings, namespace: str, name: str, spec: HpoStudySpec,
-              owner: dict[str, Any]) -> Provisioned:
+def provision(settings: Settings, namespace: str, name: str, spec: HpoStudySpec, owner: dict[str, Any]) -> Provisioned:
     """Make the database, its users, the two storage Secrets and the Optuna study (all idempotent)."""
     study_server = server(settings, namespace, spec)
     writer_name, reader_name = secret_names(name)
     writer = kube.read_secret(namespace, writer_name) or {}
     reader = kube.read_secret(namespace, reader_name) or {}
-    credentials = database.Credentials(password=writer.get("password") or database.new_password(),
-                                       reader_password=reader.get("password") or database.new_password(),
-                                       claimed_database=writer.get("database"))
+    credentials = database.Credentials(
+        password=writer.get("password") or database.new_password(),
+        reader_password=reader.get("password") or database.new_password(),
+        claimed_database=writer.get("database"),
+    )
     redaction.remember(credentials.password, credentials.reader_password)
     try:
         with metrics.DATABASE_LATENCY.time():
@@ -95,22 +102,31 @@ def provision(settings: Settings, namespace: str, name: str, spec: HpoStudySpec,
         raise ProvisioningProblem(str(error)) from error
     tls = {database.TLS_CA_KEY: study_server.tls.ca_pem} if study_server.tls.ca_pem else {}
     urls = {}
-    for secret, user, password in ((writer_name, names.user, credentials.password),
-                                   (reader_name, names.reader, credentials.reader_password)):
+    for secret, user, password in (
+        (writer_name, names.user, credentials.password),
+        (reader_name, names.reader, credentials.reader_password),
+    ):
         urls[secret] = database.storage_url(study_server, user, names.database, password)
-        kube.ensure_secret(namespace, secret, {"url": urls[secret], "username": user, "password": password,
-                                               "database": names.database, **tls}, owner=owner)
+        kube.ensure_secret(
+            namespace,
+            secret,
+            {"url": urls[secret], "username": user, "password": password, "database": names.database, **tls},
+            owner=owner,
+        )
     url, connect_args = urls[writer_name], database.connect_args(study_server.tls)
     try:
         StudyStore.create(url, connect_args, name, spec)
     except Exception as error:
-        raise ProvisioningProblem(f"cannot create the Optuna study in database {names.database}: "
-                                  f"{redaction.redact(str(error)).splitlines()[0]}") from error
+        raise ProvisioningProblem(
+            f"cannot create the Optuna study in database {names.database}: "
+            f"{redaction.redact(str(error)).splitlines()[0]}"
+        ) from error
     return Provisioned(url, connect_args, names.database, study_server.tls.enabled)
 
 
-def drop(settings: Settings, namespace: str, name: str, spec: HpoStudySpec,
-         timeout: float | None = None) -> database.StudyNames | None:
+def drop(
+    settings: Settings, namespace: str, name: str, spec: HpoStudySpec, timeout: float | None = None
+) -> database.StudyNames | None:
     """Drop the study's database and users (only what the server records as the study's); idempotent.
 
     Raises:

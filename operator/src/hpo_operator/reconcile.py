@@ -37,13 +37,22 @@ from hpo_operator.storage import FinishedTrial, RunningTrial, StudyStore, pareto
 
 _logger = logging.getLogger(__name__)
 
-DATABASE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
-                   sqlalchemy.exc.DisconnectionError, optuna.exceptions.StorageInternalError)
+DATABASE_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    sqlalchemy.exc.DisconnectionError,
+    optuna.exceptions.StorageInternalError,
+)
 """What the study's database raises while it cannot be used (down, unreachable, timing out)."""
 TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 STARTS = (Action.START, Action.REQUEUE, Action.RETRY)
-WAITING_ORDER = [outcomes.Waiting.QUEUED, outcomes.Waiting.UNSCHEDULABLE, outcomes.Waiting.PAUSED,
-                 outcomes.Waiting.STARTING]
+WAITING_ORDER = [
+    outcomes.Waiting.QUEUED,
+    outcomes.Waiting.UNSCHEDULABLE,
+    outcomes.Waiting.PAUSED,
+    outcomes.Waiting.STARTING,
+]
 """Which waiting trial's reason the TrialsWaiting condition gives: the most telling first."""
 
 
@@ -68,8 +77,12 @@ class Observed:
     def of(cls, body: dict[str, Any]) -> Observed:
         metadata = body.get("metadata") or {}
         status = body.get("status")
-        return cls(body.get("spec"), metadata.get("generation"), status if isinstance(status, dict) else {},
-                   str(metadata.get("uid") or ""))
+        return cls(
+            body.get("spec"),
+            metadata.get("generation"),
+            status if isinstance(status, dict) else {},
+            str(metadata.get("uid") or ""),
+        )
 
 
 @dataclass
@@ -115,38 +128,61 @@ class StudyLoop:
         """One reconcile pass; raises StudyProblem when it must be retried later (its status says why)."""
         study = Observed.of(body)
         if self.events is None or self.events.study.uid != study.uid:
-            self.events = events.Recorder(events.StudyRef(self.namespace, self.name, study.uid), kube.create_event,
-                                          self.logger)
+            self.events = events.Recorder(
+                events.StudyRef(self.namespace, self.name, study.uid), kube.create_event, self.logger
+            )
         previous = self.written if self.written is not None else study.status
         if self.idle(study, previous, pods):
             return
         spec, problems, reason = self.validate(body, study)
         if spec is None:
             self.close()
-            self.write(study, previous, st.Facts(st.rejected(_listed(problems), reason), _total(study.raw_spec),
-                                                 study.generation))
+            self.write(
+                study,
+                previous,
+                st.Facts(st.rejected(_listed(problems), reason), _total(study.raw_spec), study.generation),
+            )
             return
         try:
             store = self.open(body, spec)
         except DATABASE_ERRORS as error:
-            problem = ProvisioningProblem(f"cannot use the study's database: {_driver_message(error)}; retrying",
-                                          st.REASON_DATABASE_UNAVAILABLE)
-            self.write(study, previous, st.Facts(st.database_unready(problem.reason, str(problem),
-                                                                     previous.get("phase")),
-                                                 spec.budget.trials, study.generation))
+            problem = ProvisioningProblem(
+                f"cannot use the study's database: {_driver_message(error)}; retrying", st.REASON_DATABASE_UNAVAILABLE
+            )
+            self.write(
+                study,
+                previous,
+                st.Facts(
+                    st.database_unready(problem.reason, str(problem), previous.get("phase")),
+                    spec.budget.trials,
+                    study.generation,
+                ),
+            )
             raise StudyProblem(str(problem)) from error
         except ProvisioningProblem as problem:
-            self.write(study, previous, st.Facts(st.database_unready(problem.reason, str(problem),
-                                                                     previous.get("phase")),
-                                                 spec.budget.trials, study.generation))
+            self.write(
+                study,
+                previous,
+                st.Facts(
+                    st.database_unready(problem.reason, str(problem), previous.get("phase")),
+                    spec.budget.trials,
+                    study.generation,
+                ),
+            )
             raise StudyProblem(str(problem)) from problem
         try:
             self.step(body, study, previous, spec, store, pods, jobs)
         except DATABASE_ERRORS as error:
             message = f"cannot use the study's database: {_driver_message(error)}; retrying"
-            self.write(study, previous, st.Facts(st.database_unready(st.REASON_DATABASE_UNAVAILABLE, message,
-                                                                     previous.get("phase")),
-                                                 spec.budget.trials, study.generation))
+            self.write(
+                study,
+                previous,
+                st.Facts(
+                    st.database_unready(st.REASON_DATABASE_UNAVAILABLE, message, previous.get("phase")),
+                    spec.budget.trials,
+                    study.generation,
+                ),
+            )
             raise StudyProblem(message) from error
 
     def idle(self, study: Observed, previous: dict[str, Any], pods: list[PodSummary]) -> bool:
@@ -154,8 +190,11 @@ class StudyLoop:
 
         Its daemon stays (a coroutine that sleeps), so an edit (a larger budget) continues it at once.
         """
-        finished = previous.get("phase") in TERMINAL and _condition(previous, st.FINISHED) == "True" \
+        finished = (
+            previous.get("phase") in TERMINAL
+            and _condition(previous, st.FINISHED) == "True"
             and _condition(previous, st.VALIDATED) == "True"
+        )
         now = datetime.datetime.now(datetime.UTC)
         if not finished or any(outcomes.holds_slot(pod, now) for pod in pods):
             self.idle_generation = None
@@ -167,23 +206,32 @@ class StudyLoop:
             return True
         return False
 
-    def validate(self, body: dict[str, Any], study: Observed) -> tuple[HpoStudySpec | None, list[validation.Problem],
-                                                                        str]:
+    def validate(
+        self, body: dict[str, Any], study: Observed
+    ) -> tuple[HpoStudySpec | None, list[validation.Problem], str]:
         """The spec if it may run; else every problem, and the Validated condition's reason."""
         if self.parsed is None or self.parsed[0] != study.generation or study.generation is None:
             spec, problems = validation.parse(study.raw_spec, validation.Limits(self.settings.max_grid_points))
             self.parsed = (study.generation, spec, problems)
         _, spec, problems = self.parsed
         if not self.settings.serves(self.namespace):
-            problems = [validation.Problem("metadata.namespace", f"the operator does not serve its own namespace "
-                                                                 f"{self.namespace}, where its admin credentials "
-                                                                 "live; create the study in another namespace")]
+            problems = [
+                validation.Problem(
+                    "metadata.namespace",
+                    f"the operator does not serve its own namespace "
+                    f"{self.namespace}, where its admin credentials "
+                    "live; create the study in another namespace",
+                )
+            ]
         elif spec is not None:
             problems = self.settings.policy.check(spec)
         if spec is None or problems:
             return None, problems, st.REASON_INVALID
-        if self.checked is None or self.checked[0] != study.generation \
-                or self.checked[2] == st.REASON_REFERENCE_MISSING:  # until it exists, look again each pass
+        if (
+            self.checked is None
+            or self.checked[0] != study.generation
+            or self.checked[2] == st.REASON_REFERENCE_MISSING
+        ):  # until it exists, look again each pass
             found, reason = self.api_checks(body, spec)
             self.checked = (study.generation, found, reason)
         if self.checked[1]:
@@ -197,14 +245,18 @@ class StudyLoop:
             try:
                 if reference.kind == "Secret":
                     keys = kube.secret_keys(self.namespace, reference.name)
-                    problem = validation.missing_reference(reference, self.namespace, keys is not None,
-                                                           keys or frozenset())
+                    problem = validation.missing_reference(
+                        reference, self.namespace, keys is not None, keys or frozenset()
+                    )
                 else:
-                    problem = validation.missing_reference(reference, self.namespace,
-                                                           kube.claim_exists(self.namespace, reference.name))
+                    problem = validation.missing_reference(
+                        reference, self.namespace, kube.claim_exists(self.namespace, reference.name)
+                    )
             except Exception as error:  # no permission (an older chart's RBAC), the API away: not checked
-                self.logger.warning(f"cannot check {reference.field} ({reference.kind} {reference.name}): "
-                                    f"{type(error).__name__}: {redact(str(error))[:300]}")
+                self.logger.warning(
+                    f"cannot check {reference.field} ({reference.kind} {reference.name}): "
+                    f"{type(error).__name__}: {redact(str(error))[:300]}"
+                )
                 continue
             if problem is not None:
                 missing.append(problem)
@@ -219,11 +271,12 @@ class StudyLoop:
             refused = kube.dry_run_job(job)
         except Exception as error:  # the check is a courtesy: without it, the first real Job tells
             self.dry_run_unavailable = True
-            self.logger.warning(f"cannot dry-run the trial Job, so the API server checks the template at the "
-                                f"first trial: {type(error).__name__}: {redact(str(error))[:300]}")
+            self.logger.warning(
+                f"cannot dry-run the trial Job, so the API server checks the template at the "
+                f"first trial: {type(error).__name__}: {redact(str(error))[:300]}"
+            )
             return [], st.REASON_VALID
-        return (validation.api_problems(refused), st.REASON_INVALID) if refused is not None else ([],
-                                                                                                   st.REASON_VALID)
+        return (validation.api_problems(refused), st.REASON_INVALID) if refused is not None else ([], st.REASON_VALID)
 
     def open(self, body: dict[str, Any], spec: HpoStudySpec) -> StudyStore:
         """The study's storage: provisioned on the first pass after each operator start, then kept open."""
@@ -234,42 +287,65 @@ class StudyLoop:
         self.store = StudyStore(self.provisioned.url, self.provisioned.connect_args, self.name)
         return self.store
 
-    def step(self, body: dict[str, Any], study: Observed, previous: dict[str, Any], spec: HpoStudySpec,
-             store: StudyStore, pods: list[PodSummary], jobs: list[JobSummary]) -> None:
+    def step(
+        self,
+        body: dict[str, Any],
+        study: Observed,
+        previous: dict[str, Any],
+        spec: HpoStudySpec,
+        store: StudyStore,
+        pods: list[PodSummary],
+        jobs: list[JobSummary],
+    ) -> None:
         now = datetime.datetime.now(datetime.UTC)
         started_at = previous.get("startedAt") or st.now()
         parallelism = dispatch.parallelism(spec.budget.parallelism, spec.budget.trials, self.settings.max_parallelism)
         spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"parallelism": parallelism.value})})
         store.enqueue_warm_start(spec)
         counts = store.counts()
-        end = st.end_of_study(counts.failed, spec.budget.max_failed_trials, started_at, spec.budget.deadline_seconds,
-                              now)
+        end = st.end_of_study(
+            counts.failed, spec.budget.max_failed_trials, started_at, spec.budget.deadline_seconds, now
+        )
         rules = outcomes.Rules(
-            retries=spec.budget.retries_per_trial, max_preemptions=spec.budget.max_preemptions_per_trial,
-            start_timeout=spec.budget.start_timeout_seconds, lost_after=self.settings.trial_lost_seconds,
-            ended=end is not None, stopping=spec.suspend or (end is not None and spec.end_policy is EndPolicy.KILL),
-            end_reason=end.message if end else "")
+            retries=spec.budget.retries_per_trial,
+            max_preemptions=spec.budget.max_preemptions_per_trial,
+            start_timeout=spec.budget.start_timeout_seconds,
+            lost_after=self.settings.trial_lost_seconds,
+            ended=end is not None,
+            stopping=spec.suspend or (end is not None and spec.end_policy is EndPolicy.KILL),
+            end_reason=end.message if end else "",
+        )
 
         latest = _latest_attempts(jobs, pods)
         self.refused = ""
         decisions: dict[int, Decision] = {}
         for trial in store.running():
             job, pod = latest.get(trial.number, (None, None))
-            decision = outcomes.decide(TrialView(trial.number, trial.outcomes, trial.heartbeat_age, job, pod),
-                                       rules, now)
+            decision = outcomes.decide(
+                TrialView(trial.number, trial.outcomes, trial.heartbeat_age, job, pod), rules, now
+            )
             self.carry_out(body, spec, store, trial, job, decision)
             decisions[trial.number] = decision
 
         waiting = {n for n, d in decisions.items() if d.waiting is not None or d.action in STARTS}
-        waiting_reason = min((d for d in decisions.values() if d.waiting is not None),
-                             key=lambda d: WAITING_ORDER.index(d.waiting or outcomes.Waiting.STARTING), default=None)
+        waiting_reason = min(
+            (d for d in decisions.values() if d.waiting is not None),
+            key=lambda d: WAITING_ORDER.index(d.waiting or outcomes.Waiting.STARTING),
+            default=None,
+        )
         live = {n for n, (_, pod) in latest.items() if pod is not None and outcomes.holds_slot(pod, now)}
         occupied = len(set(decisions) | live)
         plan = dispatch.Plan(0)
         blocked: tuple[str, str] | None = None
         if not (rules.stopping or rules.ended) and not self.refused:
-            plan = dispatch.plan(parallelism.value, occupied, counts.created, spec.budget.trials,
-                                 len(waiting), self.settings.max_waiting_trials)
+            plan = dispatch.plan(
+                parallelism.value,
+                occupied,
+                counts.created,
+                spec.budget.trials,
+                len(waiting),
+                self.settings.max_waiting_trials,
+            )
             started, sampler_error = self.dispatch(body, spec, store, plan.count, counts.created + counts.queued)
             waiting |= set(started)
             blocked = (st.REASON_SAMPLER_ERROR, sampler_error) if sampler_error else None
@@ -281,21 +357,44 @@ class StudyLoop:
         running = store.running()
         numbers = {r.number for r in running}
         waiting &= numbers
-        verdict = st.decide(st.Progress(
-            total=spec.budget.trials, counts=counts, busy=bool(numbers or live), waiting=len(waiting),
-            suspend=spec.suspend, end=end, parallelism_capped=parallelism.capped, paced=plan.paced,
-            waiting_reason=waiting_reason.waiting if waiting_reason else None,
-            waiting_message=waiting_reason.reason if waiting_reason else "", blocked=blocked,
-            database_message=f"Optuna study {self.name} in database "
-                             f"{self.provisioned.database if self.provisioned else '?'}"))
+        verdict = st.decide(
+            st.Progress(
+                total=spec.budget.trials,
+                counts=counts,
+                busy=bool(numbers or live),
+                waiting=len(waiting),
+                suspend=spec.suspend,
+                end=end,
+                parallelism_capped=parallelism.capped,
+                paced=plan.paced,
+                waiting_reason=waiting_reason.waiting if waiting_reason else None,
+                waiting_message=waiting_reason.reason if waiting_reason else "",
+                blocked=blocked,
+                database_message=f"Optuna study {self.name} in database "
+                f"{self.provisioned.database if self.provisioned else '?'}",
+            )
+        )
         attempts = {n: d.attempt for n, d in decisions.items()}
-        facts = st.Facts(verdict, spec.budget.trials, study.generation, counts=counts, waiting=len(waiting),
-                         parallelism=parallelism.value, running=running, attempts=attempts,
-                         optuna_study=self.name, started_at=started_at,
-                         checkpoint=self.checkpoint(spec, counts.finished, previous.get("checkpoint")))
+        facts = st.Facts(
+            verdict,
+            spec.budget.trials,
+            study.generation,
+            counts=counts,
+            waiting=len(waiting),
+            parallelism=parallelism.value,
+            running=running,
+            attempts=attempts,
+            optuna_study=self.name,
+            started_at=started_at,
+            checkpoint=self.checkpoint(spec, counts.finished, previous.get("checkpoint")),
+        )
         self.best_trials(spec, store, facts, previous)
-        for state, count in (("complete", counts.complete), ("pruned", counts.pruned), ("failed", counts.failed),
-                             ("running", counts.running)):
+        for state, count in (
+            ("complete", counts.complete),
+            ("pruned", counts.pruned),
+            ("failed", counts.failed),
+            ("running", counts.running),
+        ):
             metrics.STUDY_TRIALS.labels(self.namespace, self.name, state).set(count)
         self.previous_running = numbers
         self.write(study, previous, facts)
@@ -305,8 +404,15 @@ class StudyLoop:
 
     # -- carrying out decisions ---------------------------------------------------------------------
 
-    def carry_out(self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, trial: RunningTrial,
-                  job: JobSummary | None, decision: Decision) -> None:
+    def carry_out(
+        self,
+        body: dict[str, Any],
+        spec: HpoStudySpec,
+        store: StudyStore,
+        trial: RunningTrial,
+        job: JobSummary | None,
+        decision: Decision,
+    ) -> None:
         number, action = trial.number, decision.action
         if action is Action.WAIT:
             return
@@ -327,36 +433,51 @@ class StudyLoop:
         if not self.start_attempt(body, spec, store, number, trial.trial_id, decision.attempt):
             return
         if action is Action.REQUEUE:
-            self.event("TrialRequeued", f"trial {number}: {decision.reason}; running it again (attempt "
-                                        f"{decision.attempt}) from its checkpoint")
+            self.event(
+                "TrialRequeued",
+                f"trial {number}: {decision.reason}; running it again (attempt {decision.attempt}) from its checkpoint",
+            )
         elif action is Action.RETRY:
-            self.event("TrialRetried", f"trial {number} attempt {decision.attempt - 1}: {decision.reason}",
-                       warning=True)
+            self.event(
+                "TrialRetried", f"trial {number} attempt {decision.attempt - 1}: {decision.reason}", warning=True
+            )
 
-    def start_attempt(self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, number: int,
-                      trial_id: int, attempt: int) -> bool:
+    def start_attempt(
+        self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, number: int, trial_id: int, attempt: int
+    ) -> bool:
         """Fence earlier attempts, then create this attempt's Job; False if the trial finished meanwhile."""
         if not store.begin_attempt(trial_id, number, attempt, check=attempt > 0):
             self.logger.info(f"trial {number} finished before its attempt {attempt} started")
             return False
-        ref = dispatch.TrialRef(self.namespace, self.name, self.name, self.secret_name,
-                                self.provisioned.tls if self.provisioned else False)
-        assignment = dispatch.assignment(spec, ref, number, trial_id, search.sampler_config(spec, number),
-                                         search.pruner_config(spec), attempt=attempt)
+        ref = dispatch.TrialRef(
+            self.namespace, self.name, self.name, self.secret_name, self.provisioned.tls if self.provisioned else False
+        )
+        assignment = dispatch.assignment(
+            spec,
+            ref,
+            number,
+            trial_id,
+            search.sampler_config(spec, number),
+            search.pruner_config(spec),
+            attempt=attempt,
+        )
         job = dispatch.build_job(spec, ref, number, attempt, assignment, self.settings.trial_image)
         job["metadata"]["annotations"] = {DISPATCHED_AT_ANNOTATION: st.now_precise()}
         try:
             kube.create_owned(job, owner=body)
         except ApiException as error:
-            self.refused = (f"the API server refused trial {number}'s Job {job['metadata']['name']}: "
-                            f"{_api_message(error)}; retrying at the next pass")
+            self.refused = (
+                f"the API server refused trial {number}'s Job {job['metadata']['name']}: "
+                f"{_api_message(error)}; retrying at the next pass"
+            )
             self.logger.warning(self.refused)
             return False
         self.logger.info(f"trial {number} attempt {attempt}: created Job {job['metadata']['name']}")
         return True
 
-    def dispatch(self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, count: int,
-                 next_number: int) -> tuple[list[int], str]:
+    def dispatch(
+        self, body: dict[str, Any], spec: HpoStudySpec, store: StudyStore, count: int, next_number: int
+    ) -> tuple[list[int], str]:
         """Ask for and start ``count`` new trials; the trials started, and the sampler's error if it raised."""
         declared = search.distributions(spec)
         started: list[int] = []
@@ -382,7 +503,7 @@ class StudyLoop:
         """Delete Jobs of finished trials once their pods ended; keep the last few failed attempts."""
         done = [j for j in jobs if j.trial not in running and j.trial not in live]
         failed = sorted((j for j in done if j.failed), key=lambda j: j.created)
-        keep = {j.name for j in failed[-self.settings.kept_failed_jobs:]} if self.settings.kept_failed_jobs else set()
+        keep = {j.name for j in failed[-self.settings.kept_failed_jobs :]} if self.settings.kept_failed_jobs else set()
         for job in done:
             if job.name not in keep:
                 kube.delete_job(self.namespace, job.name)
@@ -436,8 +557,9 @@ class StudyLoop:
         return previous
 
 
-def _latest_attempts(jobs: list[JobSummary], pods: list[PodSummary]
-                     ) -> dict[int, tuple[JobSummary | None, PodSummary | None]]:
+def _latest_attempts(
+    jobs: list[JobSummary], pods: list[PodSummary]
+) -> dict[int, tuple[JobSummary | None, PodSummary | None]]:
     """Per trial, its latest attempt's Job and pod (the newest pod of that attempt); either may be missing."""
     attempt: dict[int, int] = {}
     for trial, number in [(j.trial, j.attempt) for j in jobs] + [(p.trial, p.attempt) for p in pods]:

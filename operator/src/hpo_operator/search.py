@@ -69,8 +69,9 @@ def distribution(parameter: Parameter) -> BaseDistribution:
         return CategoricalDistribution(parameter.choices)
     assert parameter.low is not None and parameter.high is not None
     if parameter.type is ParameterType.INT:
-        return IntDistribution(int(parameter.low), int(parameter.high), log=parameter.log,
-                               step=int(parameter.step or 1))
+        return IntDistribution(
+            int(parameter.low), int(parameter.high), log=parameter.log, step=int(parameter.step or 1)
+        )
     return FloatDistribution(parameter.low, parameter.high, log=parameter.log, step=parameter.step)
 
 
@@ -189,8 +190,10 @@ def build(module: Any, config: dict[str, Any] | None) -> Any:
     """``module.<class>(**kwargs)``; a keyword argument written as a config is built the same way (as pods do)."""
     if config is None:
         return None
-    kwargs = {key: build(module, {"kwargs": {}, **value}) if _is_component(value) else value
-              for key, value in config["kwargs"].items()}
+    kwargs = {
+        key: build(module, {"kwargs": {}, **value}) if _is_component(value) else value
+        for key, value in config["kwargs"].items()
+    }
     return getattr(module, config["class"])(**kwargs)
 
 
@@ -218,16 +221,17 @@ class TrialSeededSampler(BaseSampler):
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return self._for(trial).infer_relative_search_space(study, trial)
 
-    def sample_relative(self, study: Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         return self._for(trial).sample_relative(study, trial, search_space)
 
-    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
         return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
 
-    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
         self._for(trial).after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:

@@ -25,8 +25,13 @@ def _list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
-def _number(env: dict[str, str] | os._Environ[str], name: str, default: float, minimum: float,
-            kind: type[int] | type[float] = int) -> float:
+def _number(
+    env: dict[str, str] | os._Environ[str],
+    name: str,
+    default: float,
+    minimum: float,
+    kind: type[int] | type[float] = int,
+) -> float:
     """A numeric setting, or SettingsError naming the variable and what it must be."""
     text = env.get(name, "").strip()
     if not text:

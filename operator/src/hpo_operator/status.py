@@ -79,12 +79,14 @@ class End:
     message: str
 
 
-def end_of_study(failed: int, max_failed: int | None, started_at: str | None, deadline_seconds: int | None,
-                 now: datetime.datetime) -> End | None:
+def end_of_study(
+    failed: int, max_failed: int | None, started_at: str | None, deadline_seconds: int | None, now: datetime.datetime
+) -> End | None:
     """The study has ended early: more failures than allowed, or its deadline passed (None: it has not)."""
     if max_failed is not None and failed > max_failed:
-        return End(REASON_TOO_MANY_FAILURES, f"{failed} trials failed, more than spec.budget.maxFailedTrials "
-                                             f"({max_failed})")
+        return End(
+            REASON_TOO_MANY_FAILURES, f"{failed} trials failed, more than spec.budget.maxFailedTrials ({max_failed})"
+        )
     if deadline_seconds and started_at:
         started = datetime.datetime.fromisoformat(started_at.replace("Z", "+00:00"))
         if (now - started).total_seconds() > deadline_seconds:
@@ -120,20 +122,29 @@ class Verdict:
 def decide(progress: Progress) -> Verdict:
     """The phase, message and conditions of a valid study whose database is ready."""
     counts, total, end = progress.counts, progress.total, progress.end
-    conditions = [ConditionUpdate(VALIDATED, True, REASON_VALID),
-                  ConditionUpdate(DATABASE_READY, True, REASON_PROVISIONED, progress.database_message),
-                  _waiting_condition(progress)]
+    conditions = [
+        ConditionUpdate(VALIDATED, True, REASON_VALID),
+        ConditionUpdate(DATABASE_READY, True, REASON_PROVISIONED, progress.database_message),
+        _waiting_condition(progress),
+    ]
     notes = [note for note in (progress.parallelism_capped,) if note]
     if end is not None and end.reason == REASON_TOO_MANY_FAILURES:
-        conditions.append(ConditionUpdate(PROGRESSING, progress.busy, end.reason,
-                                          end.message + ("; letting running trials finish" if progress.busy else "")))
+        conditions.append(
+            ConditionUpdate(
+                PROGRESSING,
+                progress.busy,
+                end.reason,
+                end.message + ("; letting running trials finish" if progress.busy else ""),
+            )
+        )
         conditions.append(_finished(not progress.busy, end.reason, end.message))
         return Verdict(Phase.FAILED, end.message, conditions)
     if progress.suspend:
         conditions.append(ConditionUpdate(PROGRESSING, False, REASON_SUSPENDED, "spec.suspend is true"))
         conditions.append(_finished(False, REASON_SUSPENDED))
-        return Verdict(Phase.SUSPENDED, "suspended" + (": stopping running trials" if progress.busy else ""),
-                       conditions)
+        return Verdict(
+            Phase.SUSPENDED, "suspended" + (": stopping running trials" if progress.busy else ""), conditions
+        )
     if progress.busy or (counts.created < total and end is None):
         if progress.blocked is not None:
             reason, message = progress.blocked
@@ -166,8 +177,10 @@ def _waiting_condition(progress: Progress) -> ConditionUpdate:
     if progress.waiting_message:
         message += f": {progress.waiting_message}"
     if progress.paced:
-        message += ("; no new trial is dispatched while this many of the study's pods wait "
-                    "(the operator's HPO_MAX_WAITING_TRIALS)")
+        message += (
+            "; no new trial is dispatched while this many of the study's pods wait "
+            "(the operator's HPO_MAX_WAITING_TRIALS)"
+        )
     reason = (progress.waiting_reason or Waiting.STARTING).value
     return ConditionUpdate(TRIALS_WAITING, True, REASON_PACED if progress.paced else reason, message)
 
@@ -180,9 +193,11 @@ def rejected(message: str, reason: str = REASON_INVALID) -> Verdict:
 def database_unready(reason: str, message: str, previous_phase: str | None) -> Verdict:
     """The study's database cannot be used yet: it waits (a new study stays Pending, a running one keeps its phase)."""
     phase = Phase(previous_phase) if previous_phase in (Phase.RUNNING, Phase.SUSPENDED) else Phase.PENDING
-    return Verdict(phase, f"waiting for the study's database: {message}",
-                   [ConditionUpdate(VALIDATED, True, REASON_VALID),
-                    ConditionUpdate(DATABASE_READY, False, reason, message)])
+    return Verdict(
+        phase,
+        f"waiting for the study's database: {message}",
+        [ConditionUpdate(VALIDATED, True, REASON_VALID), ConditionUpdate(DATABASE_READY, False, reason, message)],
+    )
 
 
 def now() -> str:
@@ -194,8 +209,9 @@ def now_precise() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def merge_conditions(old: list[dict[str, Any]], updates: list[ConditionUpdate],
-                     generation: int | None) -> list[dict[str, Any]]:
+def merge_conditions(
+    old: list[dict[str, Any]], updates: list[ConditionUpdate], generation: int | None
+) -> list[dict[str, Any]]:
     """Apply updates to the existing conditions; lastTransitionTime moves only when status flips."""
     merged = {c["type"]: dict(c) for c in old if isinstance(c, dict) and isinstance(c.get("type"), str)}
     for update in updates:
@@ -207,7 +223,8 @@ def merge_conditions(old: list[dict[str, Any]], updates: list[ConditionUpdate],
             "reason": update.reason,
             "message": update.message,
             "lastTransitionTime": previous.get("lastTransitionTime") or now()
-            if previous.get("status") == status else now(),
+            if previous.get("status") == status
+            else now(),
             "observedGeneration": generation,
         }
     return list(merged.values())
@@ -264,11 +281,22 @@ def render(facts: Facts, old_conditions: list[dict[str, Any]]) -> dict[str, Any]
     }
     if counts is not None:
         fields["progress"] = f"{counts.finished}/{facts.total}"
-        fields["trials"] = {"running": max(0, counts.running - facts.waiting), "waiting": facts.waiting,
-                            "complete": counts.complete, "pruned": counts.pruned, "failed": counts.failed}
-        fields["runningTrials"] = [{"number": r.number, "attempt": facts.attempts.get(r.number, 0),
-                                    "checkpointPath": r.checkpoint_path, "checkpointStep": r.checkpoint_step}
-                                   for r in facts.running]
+        fields["trials"] = {
+            "running": max(0, counts.running - facts.waiting),
+            "waiting": facts.waiting,
+            "complete": counts.complete,
+            "pruned": counts.pruned,
+            "failed": counts.failed,
+        }
+        fields["runningTrials"] = [
+            {
+                "number": r.number,
+                "attempt": facts.attempts.get(r.number, 0),
+                "checkpointPath": r.checkpoint_path,
+                "checkpointStep": r.checkpoint_step,
+            }
+            for r in facts.running
+        ]
     elif facts.total:
         fields["progress"] = None
     if facts.best is not None:
@@ -296,8 +324,11 @@ def transitions(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Note]:
 
     def changed(kind: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         was, now_ = before.get(kind, {}), after.get(kind)
-        if now_ is None or (was.get("status"), was.get("reason"), was.get("message")) == \
-                (now_.get("status"), now_.get("reason"), now_.get("message")):
+        if now_ is None or (was.get("status"), was.get("reason"), was.get("message")) == (
+            now_.get("status"),
+            now_.get("reason"),
+            now_.get("message"),
+        ):
             return None
         return was, now_
 
@@ -318,8 +349,11 @@ def transitions(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Note]:
         was, finished = change
         if finished["status"] == "True" and was.get("status") != "True":
             failed = new.get("phase") == Phase.FAILED.value
-            notes.append(Note(EVENT_STUDY_FAILED if failed else EVENT_STUDY_FINISHED, str(new.get("message", "")),
-                              warning=failed))
+            notes.append(
+                Note(
+                    EVENT_STUDY_FAILED if failed else EVENT_STUDY_FINISHED, str(new.get("message", "")), warning=failed
+                )
+            )
         elif finished["status"] == "False" and was.get("status") == "True":
             notes.append(Note(EVENT_STUDY_CONTINUED, str(new.get("message", ""))))
     if (change := changed(PROGRESSING)) is not None:

@@ -76,9 +76,11 @@ def advance_attempt(storage: RDBStorage, trial_id: int, attempt: int) -> None:
     value = json.dumps(attempt)
     with storage.engine.begin() as connection:
         updated = connection.execute(
-            sqlalchemy.text("UPDATE trial_system_attributes SET value_json = :value "
-                            "WHERE trial_id = :trial_id AND `key` = :key"),
-            {"value": value, "trial_id": trial_id, "key": ATTEMPT_ATTR}).rowcount
+            sqlalchemy.text(
+                "UPDATE trial_system_attributes SET value_json = :value WHERE trial_id = :trial_id AND `key` = :key"
+            ),
+            {"value": value, "trial_id": trial_id, "key": ATTEMPT_ATTR},
+        ).rowcount
     if not updated:
         storage.set_trial_system_attr(trial_id, ATTEMPT_ATTR, attempt)
 
@@ -90,9 +92,17 @@ def open_storage(url: str, connect_args: dict[str, Any]) -> RDBStorage:
     passwords and carry the TLS context. Connections are recycled well below MySQL's wait_timeout;
     pre-ping survives server restarts.
     """
-    storage = RDBStorage(url, engine_kwargs={"pool_pre_ping": True, "pool_recycle": 900, "pool_size": 2,
-                                             "max_overflow": 4, "connect_args": connect_args},
-                         skip_table_creation=True)
+    storage = RDBStorage(
+        url,
+        engine_kwargs={
+            "pool_pre_ping": True,
+            "pool_recycle": 900,
+            "pool_size": 2,
+            "max_overflow": 4,
+            "connect_args": connect_args,
+        },
+        skip_table_creation=True,
+    )
     sqlalchemy.event.listen(storage.engine, "before_cursor_execute", _count_statement)
     return storage
 
@@ -116,8 +126,12 @@ class StudyStore:
         """Create the Optuna study (idempotent)."""
         storage = open_storage(url, connect_args)
         try:
-            study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
-                                        directions=[d.value for d in spec.objective.directions])
+            study = optuna.create_study(
+                storage=storage,
+                study_name=study_name,
+                load_if_exists=True,
+                directions=[d.value for d in spec.objective.directions],
+            )
             if spec.objective.metrics and study.metric_names is None:
                 study.set_metric_names(spec.objective.metrics)
         finally:
@@ -143,8 +157,12 @@ class StudyStore:
         """The optuna.Study used to ask, rebuilt when the spec's sampler changes."""
         if self._study is None or self._sampler_config != search.sampler_config(spec):
             self._sampler_config = search.sampler_config(spec)
-            self._study = optuna.load_study(study_name=self.study_name, storage=self.storage,
-                                            sampler=search.sampler(spec), pruner=search.pruner(spec))
+            self._study = optuna.load_study(
+                study_name=self.study_name,
+                storage=self.storage,
+                sampler=search.sampler(spec),
+                pruner=search.pruner(spec),
+            )
         return self._study
 
     def close(self) -> None:
@@ -159,9 +177,13 @@ class StudyStore:
     def counts(self) -> Counts:
         rows = self._query("SELECT state, COUNT(*) FROM trials WHERE study_id = :study_id GROUP BY state")
         by_state = {str(state): int(n) for state, n in rows}
-        return Counts(running=by_state.get("RUNNING", 0), complete=by_state.get("COMPLETE", 0),
-                      pruned=by_state.get("PRUNED", 0), failed=by_state.get("FAIL", 0),
-                      queued=by_state.get("WAITING", 0))
+        return Counts(
+            running=by_state.get("RUNNING", 0),
+            complete=by_state.get("COMPLETE", 0),
+            pruned=by_state.get("PRUNED", 0),
+            failed=by_state.get("FAIL", 0),
+            queued=by_state.get("WAITING", 0),
+        )
 
     def running(self) -> list[RunningTrial]:
         """RUNNING trials with the checkpoint each last reported and their attempts' outcomes (at most M rows)."""
@@ -172,15 +194,22 @@ class StudyStore:
             "LEFT JOIN trial_system_attributes o ON o.trial_id = t.trial_id AND o.`key` = :outcomes "
             "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
             "WHERE t.study_id = :study_id AND t.state = 'RUNNING' ORDER BY t.number",
-            checkpoint=CHECKPOINT_ATTR, outcomes=OUTCOMES_ATTR,
+            checkpoint=CHECKPOINT_ATTR,
+            outcomes=OUTCOMES_ATTR,
         )
         trials = []
         for trial_id, number, checkpoint_json, outcomes_json, heartbeat_age in rows:
             checkpoint = json.loads(checkpoint_json) if checkpoint_json else {}
-            trials.append(RunningTrial(trial_id=trial_id, number=number, checkpoint_path=checkpoint.get("path"),
-                                       checkpoint_step=checkpoint.get("step"),
-                                       outcomes=tuple(json.loads(outcomes_json)) if outcomes_json else (),
-                                       heartbeat_age=None if heartbeat_age is None else float(heartbeat_age)))
+            trials.append(
+                RunningTrial(
+                    trial_id=trial_id,
+                    number=number,
+                    checkpoint_path=checkpoint.get("path"),
+                    checkpoint_step=checkpoint.get("step"),
+                    outcomes=tuple(json.loads(outcomes_json)) if outcomes_json else (),
+                    heartbeat_age=None if heartbeat_age is None else float(heartbeat_age),
+                )
+            )
         return trials
 
     def state_of(self, number: int) -> TrialState | None:
@@ -236,8 +265,10 @@ class StudyStore:
 
     def fail_asked_from(self, number: int, reason: str) -> list[int]:
         """Fail the RUNNING trials numbered ``number`` and above: an ask that raised left them half made."""
-        rows = self._query("SELECT number FROM trials WHERE study_id = :study_id AND state = 'RUNNING' "
-                           "AND number >= :number", number=number)
+        rows = self._query(
+            "SELECT number FROM trials WHERE study_id = :study_id AND state = 'RUNNING' AND number >= :number",
+            number=number,
+        )
         for (found,) in rows:
             self.fail(int(found), reason)
         return [int(found) for (found,) in rows]

@@ -24,8 +24,16 @@ _CONTAINER_KINDS = ("initContainers", "containers")
 # binary-SI suffix, a decimal-SI suffix or a decimal exponent.
 _QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$")
 _SUFFIXES = {
-    "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": Decimal("1e3"),
-    "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"), "P": Decimal("1e15"), "E": Decimal("1e18"),
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
     **{suffix: Decimal(1024) ** power for power, suffix in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), 1)},
 }
 _MAX_QUANTITY = Decimal(2) ** 63  # the API stores quantities in 64 bits (scaled)
@@ -83,8 +91,12 @@ def check(template: object) -> list[Issue]:
     for index, volume in enumerate(_objects(pod.get("volumes"), "")[0]):
         if not isinstance(volume.get("name"), str) or not volume.get("name"):
             issues.append(Issue(f"{WHERE}.spec.volumes[{index}].name", "every volume needs a name"))
-    for key, expected in (("serviceAccountName", str), ("automountServiceAccountToken", bool),
-                          ("activeDeadlineSeconds", int), ("priorityClassName", str)):
+    for key, expected in (
+        ("serviceAccountName", str),
+        ("automountServiceAccountToken", bool),
+        ("activeDeadlineSeconds", int),
+        ("priorityClassName", str),
+    ):
         value = pod.get(key)
         if value is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
             issues.append(Issue(f"{WHERE}.spec.{key}", f"must be {_KIND_NAMES[expected]}, not {value!r}"))
@@ -93,13 +105,18 @@ def check(template: object) -> list[Issue]:
         found, shape = _objects(pod.get(kind), f"{WHERE}.spec.{kind}")
         issues += shape
         for index, container in enumerate(found):
-            issues += _container(container, f"{WHERE}.spec.{kind}[{index}]", named=kind != "containers"
-                                 or len(found) > 1)
+            issues += _container(
+                container, f"{WHERE}.spec.{kind}[{index}]", named=kind != "containers" or len(found) > 1
+            )
         if kind == "containers":
             containers = found
     if len(containers) > 1 and not any(c.get("name") == TRIAL_CONTAINER for c in containers):
-        issues.append(Issue(f"{WHERE}.spec.containers", f"with several containers, name the one that runs the "
-                                                        f"trial {TRIAL_CONTAINER!r}"))
+        issues.append(
+            Issue(
+                f"{WHERE}.spec.containers",
+                f"with several containers, name the one that runs the trial {TRIAL_CONTAINER!r}",
+            )
+        )
     return issues
 
 
@@ -149,8 +166,9 @@ def _container(container: dict[str, Any], where: str, named: bool) -> list[Issue
         if not isinstance(variable.get("name"), str) or not variable.get("name"):
             issues.append(Issue(f"{where}.env[{index}].name", "every variable needs a name"))
         if "value" in variable and not isinstance(variable["value"], str):
-            issues.append(Issue(f"{where}.env[{index}].value", f"must be a string (quote it), not "
-                                                               f"{variable['value']!r}"))
+            issues.append(
+                Issue(f"{where}.env[{index}].value", f"must be a string (quote it), not {variable['value']!r}")
+            )
     for key in ("envFrom", "volumeMounts", "ports"):
         issues += _objects(container.get(key), f"{where}.{key}")[1]
     for index, mount in enumerate(_objects(container.get("volumeMounts"), "")[0]):
@@ -182,15 +200,23 @@ def _resources(resources: object, where: str) -> list[Issue]:
             field = f"{where}.{kind}.{resource}" if "/" not in str(resource) else f"{where}.{kind}[{resource}]"
             amount = parse_quantity(value)
             if amount is None:
-                issues.append(Issue(field, f"{value!r} is not a Kubernetes quantity; write e.g. \"500m\" or \"2\" "
-                                           "for cpu, \"512Mi\" or \"4Gi\" for memory, a whole number for "
-                                           "devices such as nvidia.com/gpu"))
+                issues.append(
+                    Issue(
+                        field,
+                        f'{value!r} is not a Kubernetes quantity; write e.g. "500m" or "2" '
+                        'for cpu, "512Mi" or "4Gi" for memory, a whole number for '
+                        "devices such as nvidia.com/gpu",
+                    )
+                )
             elif amount < 0:
                 issues.append(Issue(field, f"{value!r} is negative; resources must be zero or more"))
             elif amount >= _MAX_QUANTITY:
                 issues.append(Issue(field, f"{value!r} is too large for Kubernetes"))
-            elif str(resource) not in _NATIVE_RESOURCES and "hugepages-" not in str(resource) \
-                    and amount != amount.to_integral_value():
+            elif (
+                str(resource) not in _NATIVE_RESOURCES
+                and "hugepages-" not in str(resource)
+                and amount != amount.to_integral_value()
+            ):
                 issues.append(Issue(field, f"{value!r}: {resource} is counted in whole units; use a whole number"))
             else:
                 amounts.setdefault(kind, {})[str(resource)] = amount
@@ -199,10 +225,19 @@ def _resources(resources: object, where: str) -> list[Issue]:
         limit = limits.get(resource)
         field = f"{where}.requests.{resource}" if "/" not in resource else f"{where}.requests[{resource}]"
         if limit is not None and request > limit:
-            issues.append(Issue(field, f"the request is more than the limit of {resource}; lower it or raise "
-                                       "the limit"))
-        elif limit is not None and request != limit and resource not in _NATIVE_RESOURCES \
-                and "hugepages-" not in resource:
-            issues.append(Issue(field, f"{resource} cannot be overcommitted: request and limit must be equal "
-                                       "(or give only the limit)"))
+            issues.append(
+                Issue(field, f"the request is more than the limit of {resource}; lower it or raise the limit")
+            )
+        elif (
+            limit is not None
+            and request != limit
+            and resource not in _NATIVE_RESOURCES
+            and "hugepages-" not in resource
+        ):
+            issues.append(
+                Issue(
+                    field,
+                    f"{resource} cannot be overcommitted: request and limit must be equal (or give only the limit)",
+                )
+            )
     return issues

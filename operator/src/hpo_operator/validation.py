@@ -65,8 +65,13 @@ def parse(raw_spec: object, limits: Limits = Limits()) -> tuple[HpoStudySpec | N
     try:
         return _parse(raw_spec, limits)
     except Exception as error:  # a bug here must show in the study's status, not stall the operator
-        return None, [Problem("spec", f"the operator could not check this spec ({type(error).__name__}: {error}); "
-                                      "please report it with the spec")]
+        return None, [
+            Problem(
+                "spec",
+                f"the operator could not check this spec ({type(error).__name__}: {error}); "
+                "please report it with the spec",
+            )
+        ]
 
 
 def _parse(raw_spec: object, limits: Limits) -> tuple[HpoStudySpec | None, list[Problem]]:
@@ -116,8 +121,9 @@ def _parameter(name: str, parameter: Parameter) -> list[Problem]:
     if parameter.type is ParameterType.CATEGORICAL:
         return _choices(where, parameter)
     if parameter.choices:
-        return [Problem(f"{where}.choices", "choices apply to categorical parameters; remove them or set "
-                                            "type: categorical")]
+        return [
+            Problem(f"{where}.choices", "choices apply to categorical parameters; remove them or set type: categorical")
+        ]
     if parameter.low is None or parameter.high is None:
         return [Problem(where, f"a {parameter.type.value} parameter needs both low and high")]
     low, high, step = parameter.low, parameter.high, parameter.step
@@ -128,8 +134,13 @@ def _parameter(name: str, parameter: Parameter) -> list[Problem]:
         if not all(float(v).is_integer() for v in (low, high, step or 1)):
             return [Problem(where, "an int parameter needs whole-number low, high and step")]
         if max(abs(low), abs(high)) > MAX_INT_PARAMETER:
-            return [Problem(where, f"an int parameter's low and high must lie within ±2^53 ({MAX_INT_PARAMETER}); "
-                                   "use a float parameter with log: true for wider ranges")]
+            return [
+                Problem(
+                    where,
+                    f"an int parameter's low and high must lie within ±2^53 ({MAX_INT_PARAMETER}); "
+                    "use a float parameter with log: true for wider ranges",
+                )
+            ]
     if not low < high:
         problems.append(Problem(f"{where}.low", f"low ({low:g}) must be less than high ({high:g})"))
     if parameter.log and low <= 0:
@@ -138,34 +149,57 @@ def _parameter(name: str, parameter: Parameter) -> list[Problem]:
         if parameter.log:
             problems.append(Problem(f"{where}.step", "step cannot be combined with log: true; remove one"))
         elif low < high and not _divides(low, high, step):
-            problems.append(Problem(f"{where}.step",
-                                    f"step {step:g} must divide high - low ({high - low:g}); adjust step or high"))
+            problems.append(
+                Problem(f"{where}.step", f"step {step:g} must divide high - low ({high - low:g}); adjust step or high")
+            )
     if not problems:
         try:
             search.distribution(parameter)
         except ArithmeticError:  # Optuna counts the steps in decimals of limited precision
-            problems.append(Problem(f"{where}.step", "the step is too small for this range (more steps than "
-                                                     "Optuna can count); use a larger step or none"))
+            problems.append(
+                Problem(
+                    f"{where}.step",
+                    "the step is too small for this range (more steps than "
+                    "Optuna can count); use a larger step or none",
+                )
+            )
         except Exception as error:
-            problems.append(Problem(where, f"Optuna refuses this distribution ({type(error).__name__}: {error}); "
-                                           "check low, high and step"))
+            problems.append(
+                Problem(
+                    where,
+                    f"Optuna refuses this distribution ({type(error).__name__}: {error}); check low, high and step",
+                )
+            )
     return problems
 
 
 def _choices(where: str, parameter: Parameter) -> list[Problem]:
     odd = [field for field in ("low", "high", "step") if getattr(parameter, field) is not None]
     if odd or parameter.log:
-        return [Problem(f"{where}.{odd[0] if odd else 'log'}", "applies to float and int parameters; remove it "
-                                                               "from a categorical parameter")]
+        return [
+            Problem(
+                f"{where}.{odd[0] if odd else 'log'}",
+                "applies to float and int parameters; remove it from a categorical parameter",
+            )
+        ]
     if not parameter.choices:
         return [Problem(f"{where}.choices", "a categorical parameter needs at least one choice")]
     for index, choice in enumerate(parameter.choices):
         if choice is None:
-            return [Problem(f"{where}.choices[{index}]", "null is not a choice; choices must be strings, numbers or "
-                                                         "booleans (quote it as \"null\" if you mean the word)")]
+            return [
+                Problem(
+                    f"{where}.choices[{index}]",
+                    "null is not a choice; choices must be strings, numbers or "
+                    'booleans (quote it as "null" if you mean the word)',
+                )
+            ]
         if not isinstance(choice, str | int | float | bool):
-            return [Problem(f"{where}.choices[{index}]", f"choices must be strings, numbers or booleans, not "
-                                                         f"{type(choice).__name__} {choice!r}")]
+            return [
+                Problem(
+                    f"{where}.choices[{index}]",
+                    f"choices must be strings, numbers or booleans, not {type(choice).__name__} {choice!r}",
+                )
+            ]
     seen: list[Any] = []
     for index, choice in enumerate(parameter.choices):
         if any(type(choice) is type(other) and choice == other for other in seen):
@@ -183,8 +217,7 @@ def _divides(low: float, high: float, step: float) -> bool:
 def _objective(spec: HpoStudySpec) -> list[Problem]:
     metrics, directions = spec.objective.metrics, spec.objective.directions
     if metrics and len(metrics) != len(directions):
-        return [Problem("spec.objective.metrics",
-                        f"give one metric name per direction ({len(directions)}), or none")]
+        return [Problem("spec.objective.metrics", f"give one metric name per direction ({len(directions)}), or none")]
     return []
 
 
@@ -192,9 +225,14 @@ def _trial(spec: HpoStudySpec) -> list[Problem]:
     problems: list[Problem] = []
     objective = spec.trial.objective
     if objective is not None and not _OBJECTIVE.match(objective):
-        problems.append(Problem("spec.trial.objective", f"{objective!r} is not module:function; write it as the "
-                                                        "importable module, a colon and the function, e.g. "
-                                                        "my_package.train:objective"))
+        problems.append(
+            Problem(
+                "spec.trial.objective",
+                f"{objective!r} is not module:function; write it as the "
+                "importable module, a colon and the function, e.g. "
+                "my_package.train:objective",
+            )
+        )
     problems += [Problem(issue.field, issue.message) for issue in templates.check(spec.trial.template)]
     return problems
 
@@ -202,23 +240,34 @@ def _trial(spec: HpoStudySpec) -> list[Problem]:
 def _sampler(spec: HpoStudySpec, limits: Limits) -> list[Problem]:
     reserved = sorted(search.RESERVED_SAMPLER_OPTIONS & set(spec.sampler.options))
     if reserved:
-        return [Problem(f"spec.sampler.options.{reserved[0]}",
-                        "set by the operator (use spec.sampler.seed, spec.searchSpace); remove it")]
+        return [
+            Problem(
+                f"spec.sampler.options.{reserved[0]}",
+                "set by the operator (use spec.sampler.seed, spec.searchSpace); remove it",
+            )
+        ]
     name = spec.sampler.name
     missing = search.missing_modules(name)
     if missing:
-        return [Problem("spec.sampler.name", f"the operator cannot run the {name.value} sampler: its image lacks "
-                                             f"{', '.join(missing)}; choose another sampler or ask your cluster "
-                                             "admin for an operator image with them")]
+        return [
+            Problem(
+                "spec.sampler.name",
+                f"the operator cannot run the {name.value} sampler: its image lacks "
+                f"{', '.join(missing)}; choose another sampler or ask your cluster "
+                "admin for an operator image with them",
+            )
+        ]
     if name is SamplerName.CMAES and len(spec.objective.directions) > 1:
-        return [Problem("spec.sampler.name", "cmaes cannot optimise several directions; use tpe, nsga2, gp, "
-                                             "random or qmc")]
+        return [
+            Problem("spec.sampler.name", "cmaes cannot optimise several directions; use tpe, nsga2, gp, random or qmc")
+        ]
     if name is SamplerName.GRID:
         problems = _grid(spec, limits)
         if problems:
             return problems
-    problems = _option_types("spec.sampler.options", optuna.samplers, search.SAMPLER_CLASSES[name],
-                             spec.sampler.options)
+    problems = _option_types(
+        "spec.sampler.options", optuna.samplers, search.SAMPLER_CLASSES[name], spec.sampler.options
+    )
     return problems or _instantiate("spec.sampler.options", optuna.samplers, search.sampler_config(spec, 0))
 
 
@@ -227,14 +276,23 @@ def _grid(spec: HpoStudySpec, limits: Limits) -> list[Problem]:
         return [Problem("spec.searchSpace", "the grid sampler needs a declared search space")]
     continuous = [n for n, p in spec.search_space.items() if p.type is ParameterType.FLOAT and p.step is None]
     if continuous:
-        return [Problem(f"{field_path(('searchSpace', continuous[0]))}.step",
-                        "the grid sampler needs a step for every float parameter")]
+        return [
+            Problem(
+                f"{field_path(('searchSpace', continuous[0]))}.step",
+                "the grid sampler needs a step for every float parameter",
+            )
+        ]
     size = search.grid_size(spec)
     if size > limits.max_grid_points:
         shown = f"{size:,}" if size < 10**15 else f"about 10^{len(str(size)) - 1}"
-        return [Problem("spec.searchSpace", f"the grid has {shown} points, more than the operator's limit of "
-                                            f"{limits.max_grid_points:,} (HPO_MAX_GRID_POINTS); use larger steps, "
-                                            "fewer choices, or another sampler such as tpe or qmc")]
+        return [
+            Problem(
+                "spec.searchSpace",
+                f"the grid has {shown} points, more than the operator's limit of "
+                f"{limits.max_grid_points:,} (HPO_MAX_GRID_POINTS); use larger steps, "
+                "fewer choices, or another sampler such as tpe or qmc",
+            )
+        ]
     return []
 
 
@@ -254,10 +312,10 @@ def _option_types(where: str, module: Any, class_name: str, options: dict[str, A
     problems = []
     for option, value in options.items():
         parameter = parameters.get(option)
-        if parameter is None or option == "self" or parameter.kind in (parameter.VAR_POSITIONAL,
-                                                                         parameter.VAR_KEYWORD):
-            problems.append(Problem(f"{where}.{option}",
-                                    f"{class_name} has no option {option!r}; see its Optuna documentation"))
+        if parameter is None or option == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            problems.append(
+                Problem(f"{where}.{option}", f"{class_name} has no option {option!r}; see its Optuna documentation")
+            )
             continue
         refusal = option_refusal(parameter.annotation, value)
         if refusal:
@@ -344,8 +402,16 @@ _JSON_TYPES: dict[str, Any] = {
     "Mapping": lambda v: isinstance(v, dict),
     "Any": lambda v: True,
 }
-_TYPE_NAMES = {"None": "null", "int": "an integer", "float": "a number", "bool": "true or false",
-               "str": "a string", "dict": "an object", "Mapping": "an object", "Any": "anything"}
+_TYPE_NAMES = {
+    "None": "null",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "dict": "an object",
+    "Mapping": "an object",
+    "Any": "anything",
+}
 
 
 def _instantiate(where: str, module: Any, config: dict[str, Any]) -> list[Problem]:
@@ -361,8 +427,9 @@ def _instantiate(where: str, module: Any, config: dict[str, Any]) -> list[Proble
 
 def _warm_start(spec: HpoStudySpec) -> list[Problem]:
     if len(spec.warm_start) > MAX_WARM_START:
-        return [Problem("spec.warmStart", f"{len(spec.warm_start)} parameter sets; at most {MAX_WARM_START} may be "
-                                          "queued")]
+        return [
+            Problem("spec.warmStart", f"{len(spec.warm_start)} parameter sets; at most {MAX_WARM_START} may be queued")
+        ]
     declared = search.distributions(spec)
     for index, params in enumerate(spec.warm_start):
         for name, value in params.items():
@@ -374,8 +441,12 @@ def _warm_start(spec: HpoStudySpec) -> list[Problem]:
             except Exception:
                 inside = False
             if not inside:
-                return [Problem(f"{field_path(('warmStart', index, name))}",
-                                f"{value!r} is outside the declared search space of {name}")]
+                return [
+                    Problem(
+                        f"{field_path(('warmStart', index, name))}",
+                        f"{value!r} is outside the declared search space of {name}",
+                    )
+                ]
     return []
 
 
@@ -399,22 +470,30 @@ def references(spec: HpoStudySpec) -> list[Reference]:
         if isinstance(secret, dict) and isinstance(secret.get("secretName"), str) and not secret.get("optional"):
             found.append(Reference(f"{where}.secret.secretName", "Secret", secret["secretName"]))
         if isinstance(claim, dict) and isinstance(claim.get("claimName"), str):
-            found.append(Reference(f"{where}.persistentVolumeClaim.claimName", "PersistentVolumeClaim",
-                                   claim["claimName"]))
+            found.append(
+                Reference(f"{where}.persistentVolumeClaim.claimName", "PersistentVolumeClaim", claim["claimName"])
+            )
     return found
 
 
-def missing_reference(reference: Reference, namespace: str, exists: bool, keys: frozenset[str] = frozenset()
-                      ) -> Problem | None:
+def missing_reference(
+    reference: Reference, namespace: str, exists: bool, keys: frozenset[str] = frozenset()
+) -> Problem | None:
     """The problem of a reference the API did not find (``exists``; ``keys``: a Secret's keys), if any."""
     if not exists:
-        return Problem(reference.field, f"{reference.kind} {reference.name} does not exist in namespace "
-                                        f"{namespace}; create it (the study starts once it exists)")
+        return Problem(
+            reference.field,
+            f"{reference.kind} {reference.name} does not exist in namespace "
+            f"{namespace}; create it (the study starts once it exists)",
+        )
     if reference.key is not None and reference.key not in keys:
         return Problem(reference.field, f"Secret {reference.name} has no key {reference.key}; add it")
     if reference.field == "spec.storage.adminSecret" and not {"username", "password"} <= keys:
-        return Problem(reference.field, f"Secret {reference.name} lacks the key username or password; add the "
-                                        "keys username and password of an admin of the study's MySQL server")
+        return Problem(
+            reference.field,
+            f"Secret {reference.name} lacks the key username or password; add the "
+            "keys username and password of an admin of the study's MySQL server",
+        )
     return None
 
 
@@ -437,7 +516,7 @@ def api_problems(status: object) -> list[Problem]:
         field = str(cause.get("field") or "")
         message = str(cause.get("message") or cause.get("reason") or "invalid")
         if field.startswith(_JOB_TEMPLATE):
-            field = f"{templates.WHERE}.{field[len(_JOB_TEMPLATE):]}"
+            field = f"{templates.WHERE}.{field[len(_JOB_TEMPLATE) :]}"
         else:
             field = f"{templates.WHERE} (trial Job {field or 'object'})"
         problems.append(Problem(field, f"the API server refuses it: {message}"))

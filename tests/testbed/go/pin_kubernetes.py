@@ -22,7 +22,9 @@ MODULE_DIR = Path(__file__).parent / "kube"
 def release_gomod(version: str) -> str:
     info = subprocess.run(
         ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return Path(json.loads(info.stdout)["GoMod"]).read_text()
 

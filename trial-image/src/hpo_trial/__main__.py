@@ -23,7 +23,6 @@ __all__ = ["main"]
 _logger = logging.getLogger("hpo_trial")
 
 
-
 def main(argv: list[str] | None = None) -> None:
     """Run the trial the operator assigned to this pod and exit with its outcome's code."""
     parser = argparse.ArgumentParser(

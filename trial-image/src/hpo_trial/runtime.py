@@ -161,8 +161,11 @@ def _run_assigned(storage: RDBStorage, assignment: Assignment, settings: Setting
         except SystemExit as error:  # exiting here would leave the trial RUNNING
             reason = f"objective {objective_path} called sys.exit({error.code!r}) instead of returning a value"
         guard.defer()
-        deadline = None if assignment.deadline_seconds is None else (
-            settings.started + assignment.deadline_seconds - DEADLINE_MARGIN_SECONDS)
+        deadline = (
+            None
+            if assignment.deadline_seconds is None
+            else (settings.started + assignment.deadline_seconds - DEADLINE_MARGIN_SECONDS)
+        )
         told = _tell_until(deadline, guard, lambda: _fenced_tell(study, storage, assignment, state, values, reason))
     if told.state != state:
         _logger.warning(
@@ -175,8 +178,14 @@ def _run_assigned(storage: RDBStorage, assignment: Assignment, settings: Setting
     return _stored_outcome(told, reason)
 
 
-def _fenced_tell(study: optuna.Study, storage: RDBStorage, assignment: Assignment, state: TrialState,
-                 values: list[float] | None, reason: str | None) -> FrozenTrial:
+def _fenced_tell(
+    study: optuna.Study,
+    storage: RDBStorage,
+    assignment: Assignment,
+    state: TrialState,
+    values: list[float] | None,
+    reason: str | None,
+) -> FrozenTrial:
     with attach.fence(storage, assignment.trial, assignment.attempt):
         return attach.tell(study, storage, assignment.trial.id, state, values, reason)
 
