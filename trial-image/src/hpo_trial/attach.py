@@ -39,6 +39,8 @@ __all__ = [
     "fence",
     "is_connection_error",
     "load_study",
+    "mysql_connect_args",
+    "mysql_error_code",
     "open_storage",
     "raise_if_connection_error",
     "storage_error_reason",
@@ -74,12 +76,7 @@ def open_storage(url: str, heartbeat_seconds: int) -> RDBStorage:
     """
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_recycle": POOL_RECYCLE_SECONDS}
     if url.startswith("mysql+pymysql:"):
-        engine_kwargs["connect_args"] = {
-            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            "read_timeout": READ_WRITE_TIMEOUT_SECONDS,
-            "write_timeout": READ_WRITE_TIMEOUT_SECONDS,
-            "auth_plugin_map": {"mysql_clear_password": _RefuseCleartext, "dialog": _RefuseCleartext},
-        }
+        engine_kwargs["connect_args"] = mysql_connect_args()
     try:
         with warnings.catch_warnings(), _without_version_manager():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -105,6 +102,20 @@ def open_storage(url: str, heartbeat_seconds: int) -> RDBStorage:
                 "for the operator to retry"
             ) from error
         raise ConfigurationError(f"cannot use the study's database: {storage_error_reason(error)}") from error
+
+
+def mysql_connect_args() -> dict[str, Any]:
+    """PyMySQL's connection arguments for any database the runtime opens: bounded waits, no clear-text password.
+
+    Used for the study's own storage and for a study imported from another MySQL server
+    (:mod:`hpo_trial.sources`).
+    """
+    return {
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "read_timeout": READ_WRITE_TIMEOUT_SECONDS,
+        "write_timeout": READ_WRITE_TIMEOUT_SECONDS,
+        "auth_plugin_map": {"mysql_clear_password": _RefuseCleartext, "dialog": _RefuseCleartext},
+    }
 
 
 class _RefuseCleartext:
@@ -431,7 +442,7 @@ def is_connection_error(error: BaseException) -> bool:
             return True
         if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
             return True
-        code = _mysql_error_code(current)
+        code = mysql_error_code(current)
         if code is not None and code in _CONNECTION_ERROR_CODES:
             return True
         current = current.__cause__ or current.__context__
@@ -458,7 +469,7 @@ def raise_if_connection_error(error: Exception) -> None:
         ) from error
 
 
-def _mysql_error_code(error: BaseException) -> int | None:
+def mysql_error_code(error: BaseException) -> int | None:
     """The MySQL error number of a driver error (pymysql puts it first in ``args``)."""
     orig = error.orig if isinstance(error, sqlalchemy.exc.DBAPIError) else error
     if type(orig).__module__.startswith("pymysql") and orig is not None and orig.args and isinstance(orig.args[0], int):

@@ -21,9 +21,12 @@ __all__ = [
     "EXIT_STORAGE_UNAVAILABLE",
     "EXIT_SUPERSEDED",
     "FAIL_REASON_ATTR",
+    "IMPORTED_ATTR",
+    "IMPORT_URL_ENV",
     "OBJECTIVE_ENV",
     "PROTOCOL_VERSION",
     "QUICK_SCAN_ENV",
+    "RERUN_OF_ATTR",
     "STORAGE_URL_ENV",
     "TERMINATION_LOG_ENV",
     "TRIAL_CONTAINER",
@@ -41,11 +44,17 @@ QUICK_SCAN_ENV = "HPO_QUICK_SCAN"
 OBJECTIVE_ENV = "HPO_OBJECTIVE"
 TERMINATION_LOG_ENV = "HPO_TERMINATION_LOG"
 CHECKPOINT_ROOT_ENV = "HPO_CHECKPOINT_ROOT"
+IMPORT_URL_ENV = "HPO_IMPORT_URL"
+"""The database URL of a study to import (``hpo-transfer import``), from a Secret the import Job mounts as env."""
 
 FAIL_REASON_ATTR = "fail_reason"
 """The trial system attribute Optuna itself uses for why a trial failed (shown by optuna-dashboard)."""
 ATTEMPT_ATTR = "hpo:attempt"
 """The trial system attribute naming the attempt that may still report; the operator moves it on (fences)."""
+IMPORTED_ATTR = "hpo:imported"
+"""The trial system attribute of an imported trial: ``{"source": <source fingerprint>, "number": <its number there>}``."""
+RERUN_OF_ATTR = "hpo:rerun_of"
+"""The system attribute of a trial queued to re-run an imported unfinished one: the same JSON as ``hpo:imported``."""
 CHECKPOINT_ATTR = "checkpoint"
 """The trial user attribute holding ``{"path": <latest checkpoint file>, "step": <its step>}``."""
 

@@ -11,6 +11,7 @@ __all__ = [
     "ConfigurationError",
     "HpoTrialError",
     "ObjectiveError",
+    "SpecError",
     "StorageUnavailableError",
     "SupersededError",
 ]
@@ -37,3 +38,18 @@ class StorageUnavailableError(HpoTrialError):
 
 class SupersededError(HpoTrialError):
     """The operator gave the trial to a later attempt (this pod was thought lost): this one must not report."""
+
+
+class SpecError(ConfigurationError):
+    """A configuration error that one field of the study's spec causes, named in the message.
+
+    Used by the import of an existing study (:mod:`hpo_trial.transfer`): the message reads
+    ``<field>: <what is wrong>``, e.g. ``spec.importFrom.studyName: no study 'x' in ...``.
+
+    Attributes:
+        field: The spec's field, as a camelCase path (``spec.importFrom.path``).
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
