@@ -83,7 +83,7 @@ __all__ = [
     "source_fingerprint",
 ]
 
-_logger = logging.getLogger(__name__)
+_logger = logging.getLogger("hpo_trial.transfer")  # not __name__: `python -m` runs it as __main__
 _UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
 
 
