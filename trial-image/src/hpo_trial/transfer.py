@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import hashlib
 import json
 import logging
@@ -263,6 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     storage_url = os.environ.get(STORAGE_URL_ENV) or None
     import_url = os.environ.get(IMPORT_URL_ENV) or None
     configure_logging(secret_urls=[url for url in (storage_url, import_url) if url])
+    # Reading 10,000 trials makes millions of objects, all kept to the end: the cyclic collector's passes over
+    # them were a third of an import's time. The process is short-lived and frees everything when it exits.
+    gc.disable()
     try:
         outcome = _import(args, storage_url, import_url) if args.command == "import" else _snapshot(args, storage_url)
     except HpoTrialError as error:
