@@ -58,7 +58,8 @@ class Outcome:
     """How the trial ended, as the operator will read it.
 
     Attributes:
-        word: The first word of the termination message: COMPLETE, PRUNED, FAIL, SUPERSEDED or INTERRUPTED.
+        word: The first word of the termination message: COMPLETE, PRUNED, FAIL, SUPERSEDED or INTERRUPTED
+            (``hpo-transfer``: IMPORTED, SNAPSHOT or FAIL).
         detail: The rest of the one-line message.
         exit_code: The process exit code.
     """
