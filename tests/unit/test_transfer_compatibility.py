@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import pytest
@@ -16,7 +16,9 @@ from hpo_trial.sources import PATH_FIELD, SourceStudy
 pytestmark = pytest.mark.unit
 
 
-def source_with(distribution: BaseDistribution, value: Any, direction: str = "minimize") -> SourceStudy:
+def source_with(
+    distribution: BaseDistribution, value: Any, direction: Literal["minimize", "maximize"] = "minimize"
+) -> SourceStudy:
     storage = InMemoryStorage()
     study = optuna.create_study(study_name="slurm", storage=storage, direction=direction)
     study.add_trial(optuna.trial.create_trial(params={"p": value}, distributions={"p": distribution}, value=1.0))
