@@ -26,7 +26,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo_trial.contract import FAIL_REASON_ATTR, IMPORTED_ATTR, RERUN_OF_ATTR
 from hpo_trial.snapshots import snapshot
-from tests.helpers import wait_for
 from tests.trial_runtime.conftest import Database
 
 pytestmark = pytest.mark.integration
@@ -202,8 +201,8 @@ def test_an_import_killed_mid_way_and_run_again_leaves_every_trial_once(
     ]
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
-    lines = iter(process.stdout.readline, "")
-    wait_for(lambda: next(line for line in lines if line.startswith("imported ")), 120, "the first progress line")
+    first_progress = next((line for line in process.stdout if line.startswith("imported ")), None)
+    assert first_progress is not None, f"the import ended ({process.wait()}) without a progress line"
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     partial = stored_trials(storage)
