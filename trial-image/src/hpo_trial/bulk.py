@@ -117,7 +117,7 @@ def write_trials(connection: sqlalchemy.Connection, study_id: int, copies: Seque
             sqlalchemy.select(trials.c.number, trials.c.trial_id).where(
                 trials.c.study_id == study_id, trials.c.number >= first, trials.c.number < first + len(copies)
             )
-        ).tuples()
+        )
     }
     rows: dict[sqlalchemy.Table, list[dict[str, Any]]] = {
         table: []
@@ -183,7 +183,7 @@ def marked_numbers(connection: sqlalchemy.Connection, study_id: int, key: str, s
         .where(trials.c.study_id == study_id, attrs.c.key == key)
     )
     numbers: set[int] = set()
-    for (value_json,) in connection.execute(query).tuples():
+    for (value_json,) in connection.execute(query):
         mark = json.loads(value_json)
         if isinstance(mark, dict) and mark.get("source") == source and isinstance(mark.get("number"), int):
             numbers.add(mark["number"])
