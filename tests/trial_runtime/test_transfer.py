@@ -96,7 +96,7 @@ def transfer(database: Database, tmp_path: Path) -> Callable[..., Transfer]:
 
     def run(*args: str, env: dict[str, str] | None = None) -> Transfer:
         log = tmp_path / f"termination-{next(runs)}"
-        full_env = _env(HPO_STORAGE_URL=database.url, HPO_TERMINATION_LOG=str(log), **(env or {}))
+        full_env = {**_env(HPO_STORAGE_URL=database.url, HPO_TERMINATION_LOG=str(log)), **(env or {})}
         result = subprocess.run(
             [sys.executable, "-m", "hpo_trial.transfer", *args],
             env=full_env,
@@ -360,3 +360,14 @@ def test_a_snapshot_keeps_only_the_newest_of_its_study(tmp_path: Path, storage: 
         [taken[2].path.name, taken[3].path.name, "other-1-20200101T000000.000000Z.db"]
     )
     assert len(optuna.load_study(study_name="study", storage=f"sqlite:///{taken[3].path}").trials) == 4
+
+
+def test_an_unreachable_study_database_exits_3_to_be_run_again(
+    tmp_path: Path, database: Database, transfer: Callable[..., Transfer]
+) -> None:
+    source_file = make_sqlite_source(tmp_path, trials=3)
+    away = f"mysql+pymysql://{database.user}:{database.password}@127.0.0.1:1/{database.name}"
+    result = transfer(*import_args("--file", str(source_file)), env={"HPO_STORAGE_URL": away})
+    assert result.returncode == 3, result.output
+    assert result.message.startswith("FAIL cannot reach the study's database: 2003 ")
+    assert database.password not in result.output + result.message
