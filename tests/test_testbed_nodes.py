@@ -73,6 +73,17 @@ def test_a_pod_runs_the_trial_image_from_the_registry_as_its_non_root_user(
     assert pod.status.container_statuses[0].image_id.startswith(testbed_env["HPO_TRIAL_IMAGE"].split(":")[0])
 
 
+def test_each_node_keeps_its_pods_logs_where_the_other_nodes_garbage_collector_never_looks(
+    run_pod: Pod, kube: client.ApiClient, namespace: str
+) -> None:
+    for node in NODES:
+        run_pod(f"log-{node.index}", "echo hello", node=node.name)
+    for node in NODES:
+        pod = wait_phase(kube, namespace, f"log-{node.index}", "Succeeded")
+        holders = [other.name for other in NODES if any(other.pod_logs.glob(f"*_{pod.metadata.uid}"))]
+        assert holders == [node.name], f"{pod.metadata.name}'s log directory is kept by {holders}"
+
+
 def test_a_pod_sees_neither_the_testbed_nor_any_host_path_it_did_not_mount(
     run_pod: Pod, kube: client.ApiClient, namespace: str
 ) -> None:

@@ -124,6 +124,15 @@ def test_underscores_in_a_study_database_name_are_not_wildcards_of_its_grant(
             cursor.execute(f"DROP DATABASE `{lookalike}`")
 
 
+@pytest.mark.parametrize("name", ["sampler-cmaes", "a-b" * 84 + "a"], ids=["short", "253 characters, 168 dashes"])
+def test_a_long_namespace_and_name_with_many_separators_is_provisioned(
+    server: database.Server, provision: Provision, name: str
+) -> None:
+    names, credentials = provision(f"t-chart-{uuid.uuid4().hex[:6]}-{'x-' * 12}x", name)
+    url = database.storage_url(server, names.user, names.database, credentials.password)
+    optuna.create_study(storage=url, study_name=name[:64]).optimize(lambda t: t.suggest_int("n", 0, 9), n_trials=1)
+
+
 def test_the_read_only_user_reads_its_study_and_writes_nothing(server: database.Server, provision: Provision) -> None:
     names, credentials = provision(namespace(), "study")
     writer = database.storage_url(server, names.user, names.database, credentials.password)

@@ -54,6 +54,12 @@ class Node:
         return self.home / "containerd" / "containerd.sock"
 
     @property
+    def pod_logs(self) -> Path:
+        """Where this node's kubelet keeps its pods' logs. Not the shared default /var/log/pods: each
+        kubelet's garbage collector deletes log directories of pods it does not know, the other node's."""
+        return self.home / "pod-logs"
+
+    @property
     def cgroup_root(self) -> str:
         return f"/hpo-{self.name}"
 
@@ -171,6 +177,7 @@ clusterDomain: {layout.CLUSTER_DOMAIN}
 podCIDR: {node.pod_cidr}
 failSwapOn: false
 resolvConf: /etc/resolv.conf
+podLogsDir: {node.pod_logs}
 evictionHard: {{memory.available: "200Mi", nodefs.available: "2%", imagefs.available: "2%"}}
 imageGCHighThresholdPercent: 97
 imageGCLowThresholdPercent: 95
@@ -194,6 +201,7 @@ def write_files(node: Node, cni_bin: Path, sandbox_image: str) -> None:
     """Every file the node's containerd and kubelet read (rewritten on each start)."""
     (node.home / "containerd" / "certs.d" / registry.ADDRESS).mkdir(parents=True, exist_ok=True)
     (node.home / "cni").mkdir(parents=True, exist_ok=True)
+    node.pod_logs.mkdir(parents=True, exist_ok=True)
     (node.home / "containerd.toml").write_text(containerd_config(node, cni_bin, sandbox_image))
     (node.home / "containerd" / "certs.d" / registry.ADDRESS / "hosts.toml").write_text(registry_hosts())
     (node.home / "cni" / "10-testbed.conflist").write_text(cni_config(node))

@@ -43,7 +43,9 @@ READ_WRITE_TIMEOUT_SECONDS = 60
 # creates the tables, so the study's own user needs no DDL at all.
 WRITER_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 READER_PRIVILEGES = ("SELECT",)
-_SLUG_LENGTH = 32  # hpo_ + slug + _ + 26 hash characters fit MySQL's 64-character database names
+# MySQL limits a database name, and the GRANT pattern naming it, to 64 characters; in the pattern every
+# `_` is escaped (`\_`), so each counts twice. `hpo\_` + slug + `\_` + 26 hash characters leave the slug 31.
+_SLUG_PATTERN_LENGTH = 31
 _HASH_LENGTH = 26  # base32: 130 bits
 _LEGACY_SLUG_LENGTH = 18
 
@@ -112,8 +114,15 @@ def _hash(namespace: str, name: str) -> str:
     return base64.b32encode(digest).decode().lower()[:_HASH_LENGTH]
 
 
-def _slug(namespace: str, name: str, length: int) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", f"{namespace}_{name}".lower()).strip("_")[:length].strip("_")
+def _slug(namespace: str, name: str, length: int, underscore_width: int = 1) -> str:
+    """The readable part of a name: lower-case, `_` between words, at most ``length`` wide where each `_`
+    is ``underscore_width`` wide."""
+    slug = re.sub(r"[^a-z0-9]+", "_", f"{namespace}_{name}".lower()).strip("_")
+    width, end = 0, 0
+    while end < len(slug) and width + (underscore_width if slug[end] == "_" else 1) <= length:
+        width += underscore_width if slug[end] == "_" else 1
+        end += 1
+    return slug[:end].strip("_")
 
 
 def names_for(namespace: str, name: str) -> StudyNames:
@@ -124,7 +133,9 @@ def names_for(namespace: str, name: str) -> StudyNames:
     """
     digest = _hash(namespace, name)
     return StudyNames(
-        database=f"hpo_{_slug(namespace, name, _SLUG_LENGTH)}_{digest}", user=f"hpo_{digest}", reader=f"hpo_{digest}_r"
+        database=f"hpo_{_slug(namespace, name, _SLUG_PATTERN_LENGTH, underscore_width=2)}_{digest}",
+        user=f"hpo_{digest}",
+        reader=f"hpo_{digest}_r",
     )
 
 
