@@ -151,14 +151,19 @@ def test_a_database_killed_and_restarted_mid_study_spends_no_retry_and_loses_not
         180,
         "finish one trial and run another",
     )
+    # Frozen first, so the outage lasts until the operator has seen it (a killed MariaDB alone may be back,
+    # restarted by the supervisor, before the operator's next pass), then killed mid-study.
     victim = _mariadb_pid()
-    os.kill(victim, signal.SIGKILL)
-    unavailable = studies.wait(
-        "outage",
-        lambda s: condition(s, "DatabaseReady").get("status") == "False",
-        120,
-        "report the database unavailable",
-    )
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        unavailable = studies.wait(
+            "outage",
+            lambda s: condition(s, "DatabaseReady").get("status") == "False",
+            150,
+            "report the database unavailable",
+        )
+    finally:
+        os.kill(victim, signal.SIGKILL)  # never leave the testbed's MariaDB frozen
     assert condition(unavailable, "DatabaseReady")["reason"] == "DatabaseUnavailable"
     wait_for(lambda: _mariadb_pid() != victim and _answers(testbed_env), 120, "the supervisor to restart MariaDB")
     done = studies.wait_phase("outage", "Succeeded", 360)

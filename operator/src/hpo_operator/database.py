@@ -36,8 +36,12 @@ TLS_CA_KEY = "ca.crt"
 TLS_CA_PATH = f"{TLS_CA_DIR}/{TLS_CA_KEY}"
 """Where trial pods (and the dashboard) find the CA of a TLS-enabled study server (key `ca.crt` of its Secret)."""
 CONNECT_TIMEOUT_SECONDS = 10
-READ_WRITE_TIMEOUT_SECONDS = 60
-"""A hung server fails a statement after this long instead of stalling the study's pass forever."""
+READ_WRITE_TIMEOUT_SECONDS = 30
+"""A hung server fails a statement after this long instead of stalling the study's pass forever.
+
+It bounds each wait for the server's next bytes, not a whole query: the operator's statements are
+small, and a large read (the sampler's history) keeps bytes flowing. A pass may make two attempts (the
+pool's pre-ping, then the statement), so a frozen server shows as `DatabaseUnavailable` within a minute."""
 
 # Optuna's storage reads and writes rows (SELECT ... FOR UPDATE needs UPDATE); the operator's admin
 # creates the tables, so the study's own user needs no DDL at all.
