@@ -7,8 +7,10 @@ can be repeated, or the operator killed between any two steps, without losing or
 trial: a RUNNING trial without a Job gets one, a Job whose name exists is found, not made twice.
 
 The decisions are pure functions of what was read, each in the module that owns its concern:
-`validation` (is the spec runnable), `outcomes.decide` (what happened to each trial's latest
-attempt and what to do next), `dispatch.plan` (how many trials to start), `status.end_of_study`
+`validation` (is the spec runnable), `importing.decide` (what the import Job's end means: no trial
+is dispatched before an `importFrom` study is imported), `outcomes.decide` (what happened to each
+trial's latest attempt and what to do next), `dispatch.plan` (how many trials to start),
+`snapshots.decide` (when to snapshot the study, what a snapshot Job reported), `status.end_of_study`
 and `status.decide` (has the study ended, its phase and conditions) and `status.transitions`
 (which Events a change calls for). This module only reads, calls them, and carries out what they
 say through `kube`, `storage` and `provisioning`.
