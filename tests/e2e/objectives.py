@@ -125,3 +125,12 @@ def prunable(trial: optuna.Trial) -> float:
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step}")
     return value
+
+
+def slurm_like(trial: optuna.Trial) -> float:
+    """The objective of the Slurm-era study the import tests bring (tests/trial_runtime/slurm_job.py), continued."""
+    x = trial.suggest_float("x", -5.0, 5.0)
+    layers = trial.suggest_int("layers", 1, 4)
+    activation = trial.suggest_categorical("activation", ["relu", "tanh"])
+    lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    return (x - 1) ** 2 + layers * lr + (0.5 if activation == "tanh" else 0.0)

@@ -91,10 +91,12 @@ class FakeCluster:
             jobs.append(
                 JobSummary(
                     name,
-                    int(labels["hpo.dev/trial"]),
+                    int(labels.get("hpo.dev/trial", -1)),
                     int(labels["hpo.dev/attempt"]),
                     created=ago(1),
                     failed=pod is not None and pod.phase == "Failed",
+                    succeeded=pod is not None and pod.phase == "Succeeded",
+                    task=labels.get("hpo.dev/task", ""),
                 )
             )
         return list(self.pods.values()), jobs
@@ -106,13 +108,14 @@ class FakeCluster:
                 labels = job["metadata"]["labels"]
                 self.pods[name] = PodSummary(
                     f"{name}-x",
-                    int(labels["hpo.dev/trial"]),
+                    int(labels.get("hpo.dev/trial", -1)),
                     int(labels["hpo.dev/attempt"]),
                     "Running",
                     created=ago(1),
                     started=True,
                     ready=True,
                     started_at=ago(1),
+                    task=labels.get("hpo.dev/task", ""),
                 )
 
     def assignment(self, job: str) -> dict[str, Any]:

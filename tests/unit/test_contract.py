@@ -24,6 +24,8 @@ SAME_NAMES = [
     ("FAIL_REASON_ATTR", "FAIL_REASON_ATTR"),
     ("ATTEMPT_ATTR", "ATTEMPT_ATTR"),
     ("CHECKPOINT_ATTR", "CHECKPOINT_ATTR"),
+    ("IMPORT_URL_ENV", "IMPORT_URL_ENV"),
+    ("IMPORTED_ATTR", "IMPORTED_ATTR"),
     ("EXIT_FINISHED", "EXIT_FINISHED"),
     ("EXIT_OBJECTIVE_FAILED", "EXIT_OBJECTIVE_FAILED"),
     ("EXIT_CONFIGURATION", "EXIT_CONFIGURATION"),
@@ -74,3 +76,29 @@ def test_a_trial_job_built_by_the_operator_is_what_the_runtime_reads() -> None:
     assert parsed.sampler is not None and parsed.sampler.kwargs == {"seed": 1}
     assert parsed.checkpoint_root == "/checkpoints" and parsed.objective == "pkg.mod:fn"
     assert json.loads(env[runtime_side.ASSIGNMENT_ENV]["value"])["protocol"] == runtime_side.PROTOCOL_VERSION
+
+
+def test_the_transfer_messages_the_runtime_writes_are_the_ones_the_operator_parses() -> None:
+    import datetime
+    from pathlib import Path
+
+    from hpo_operator import importing, snapshots
+    from hpo_trial.errors import SpecError
+    from hpo_trial.outcome import Outcome
+    from hpo_trial.transfer import ImportResult
+
+    result = ImportResult(total=12, copied=9, skipped=3, failed_unfinished=1, enqueued=1, best_value=0.25)
+    message = Outcome(operator_side.IMPORTED_WORD, result.summary, ExitCode.FINISHED).message
+    assert importing.parse_imported(message) == importing.Imported(9, 3, 1, 1, 12, 0.25)
+    none = ImportResult(total=0, copied=0, skipped=0, failed_unfinished=0, enqueued=0, best_value=None)
+    assert importing.parse_imported(Outcome("IMPORTED", none.summary, ExitCode.FINISHED).message) is not None
+
+    at = datetime.datetime(2026, 12, 1, 12, 0, 0, 5, tzinfo=datetime.UTC)
+    path = Path("/checkpoints/snapshots/s/s-5-20261201T120000Z.db")
+    detail = f"path={path} trials=6 finished=5 at={at.isoformat()}"  # as hpo_trial.transfer writes it
+    taken = snapshots.parse_snapshot(Outcome(operator_side.SNAPSHOT_WORD, detail, ExitCode.FINISHED).message)
+    assert taken == snapshots.Taken(str(path), 6, 5, "2026-12-01T12:00:00Z")
+
+    failed = Outcome.from_error(SpecError("spec.importFrom.studyName", "no study 'x'"))
+    assert int(failed.exit_code) == operator_side.EXIT_CONFIGURATION
+    assert importing.failure(failed.message, "spec.importFrom.path") == ("spec.importFrom.studyName", "no study 'x'")

@@ -127,7 +127,12 @@ def test_kubectl_explain_describes_every_field_of_spec_and_status() -> None:
 def test_immutability_holds_once_the_study_has_started_whatever_its_conditions_say() -> None:
     rules = crd.render()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"]
     immutable = [r for r in rules if "cannot change once the study has started" in r["message"]]
-    assert [r["message"].split()[0] for r in immutable] == ["spec.objective", "spec.searchSpace", "spec.storage"]
+    assert [r["message"].split()[0] for r in immutable] == [
+        "spec.objective",
+        "spec.searchSpace",
+        "spec.storage",
+        "spec.importFrom",
+    ]
     for rule in immutable:
         assert rule["rule"].startswith("!has(oldSelf.status) || !has(oldSelf.status.startedAt) || ")
         assert "Validated" not in rule["rule"], "an invalid edit of a started study must not unlock it"

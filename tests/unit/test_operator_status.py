@@ -253,6 +253,42 @@ def test_the_status_written_is_the_status_model_and_only_what_was_observed() -> 
     )
 
 
+def test_imported_counts_are_written_with_the_counts_and_read_back_from_the_status() -> None:
+    patch = written(
+        st.decide(replace(BASE, counts=Counts(complete=10, failed=2))),
+        counts=Counts(complete=10, failed=2),
+        imported=st.ImportedCounts(8, 1),
+        snapshot={"claimName": "c", "path": "snapshots/s/s-5-x.db", "time": "t", "trials": 6, "finishedTrials": 5},
+    )
+    assert patch["trials"] == {
+        "running": 0,
+        "waiting": 0,
+        "complete": 10,
+        "pruned": 0,
+        "failed": 2,
+        "imported": 8,
+        "importedFailed": 1,
+    }
+    assert patch["snapshot"]["path"] == "snapshots/s/s-5-x.db"
+    assert st.ImportedCounts.of(patch) == st.ImportedCounts(8, 1)
+    assert st.ImportedCounts.of({"trials": {"complete": 3}}) is None
+    assert "imported" not in written(st.decide(BASE), counts=Counts())["trials"]
+
+
+def test_an_import_in_progress_runs_no_trial_and_a_failed_one_fails_the_study_naming_the_field() -> None:
+    going = st.importing("importing: copying the source's trials")
+    assert going.phase is Phase.RUNNING
+    assert {c.type: (c.status, c.reason) for c in going.conditions}["Imported"] == (False, "Importing")
+    failed = st.import_failed("spec.importFrom.path", "no file runs/x.db on claim slurm")
+    assert failed.phase is Phase.FAILED
+    conditions = {c.type: c for c in failed.conditions}
+    assert (conditions["Imported"].status, conditions["Imported"].reason) == (False, "ImportFailed")
+    assert conditions["Imported"].message == "spec.importFrom.path: no file runs/x.db on claim slurm"
+    assert conditions["Finished"].status is True and conditions["Validated"].status is True
+    done = st.imported(st.decide(BASE), "imported 3 trials")
+    assert {c.type: c.status for c in done.conditions}["Imported"] is True
+
+
 def test_a_condition_keeps_its_transition_time_while_its_status_holds() -> None:
     old = [
         {
@@ -368,6 +404,30 @@ TRANSITIONS: list[tuple[str, dict[str, Any] | None, dict[str, Any], list[st.Note
         status("Running", Progressing=("True", "JobRefused", "quota")),
         status("Running", Progressing=("True", "JobRefused", "quota")),
         [],
+    ),
+    (
+        "importing: nothing (the operator posts ImportStarted as it creates the Job)",
+        RUNNING,
+        status("Running", Imported=("False", "Importing", "importing: copying")),
+        [],
+    ),
+    (
+        "imported",
+        status("Running", Imported=("False", "Importing", "importing: copying")),
+        status("Running", Imported=("True", "ImportSucceeded", "imported 12 trials")),
+        [st.Note("Imported", "imported 12 trials")],
+    ),
+    (
+        "still imported: nothing",
+        status("Running", Imported=("True", "ImportSucceeded", "imported 12 trials")),
+        status("Running", Imported=("True", "ImportSucceeded", "imported 12 trials")),
+        [],
+    ),
+    (
+        "the import failed",
+        status("Running", Imported=("False", "Importing", "importing: copying")),
+        status("Running", Imported=("False", "ImportFailed", "spec.importFrom.path: no file")),
+        [st.Note("ImportFailed", "spec.importFrom.path: no file", warning=True)],
     ),
 ]
 

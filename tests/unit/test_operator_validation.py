@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from hpo_operator import dispatch, search
+from hpo_operator import dispatch, importing, search, snapshots
 from hpo_operator.policy import Policy
 from hpo_operator.validation import Limits, Problem, Reference, api_problems, missing_reference, parse, references
 from tests.unit.test_operator_spec import study
@@ -249,6 +249,61 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"budget": {"trials": 1, "maxPreemptionsPerTrial": -1}},
         "spec.budget.maxPreemptionsPerTrial: Input should be greater than or equal to 0",
     ),
+    ("import-nothing", {"importFrom": {}}, "spec.importFrom: name the study to import: claimName and path"),
+    (
+        "import-both",
+        {"importFrom": {"claimName": "c", "path": "a.db", "urlSecret": {"name": "s"}}},
+        "spec.importFrom.urlSecret: give either urlSecret (a database) or claimName and path",
+    ),
+    ("import-claim-no-path", {"importFrom": {"claimName": "c"}}, "spec.importFrom.path: required with claimName"),
+    ("import-path-no-claim", {"importFrom": {"path": "a.db"}}, "spec.importFrom.claimName: required with path"),
+    (
+        "import-absolute-path",
+        {"importFrom": {"claimName": "c", "path": "/etc/passwd"}},
+        "spec.importFrom.path: '/etc/passwd' must be relative to the claim's root",
+    ),
+    (
+        "import-path-escapes",
+        {"importFrom": {"claimName": "c", "path": "a/../../b.db"}},
+        "spec.importFrom.path: 'a/../../b.db' must stay inside the claim",
+    ),
+    ("import-path-dot", {"importFrom": {"claimName": "c", "path": "./"}}, "spec.importFrom.path: './' must name a"),
+    (
+        "import-path-control",
+        {"importFrom": {"claimName": "c", "path": "a\nb.db"}},
+        "spec.importFrom.path: 'a\\nb.db' must not contain control characters",
+    ),
+    ("import-path-empty", {"importFrom": {"claimName": "c", "path": ""}}, "spec.importFrom.path: String should have"),
+    (
+        "import-claim-too-long",
+        {"importFrom": {"claimName": "c" * 254, "path": "a.db"}},
+        "spec.importFrom.claimName: String should have at most 253 characters",
+    ),
+    (
+        "import-claim-not-a-name",
+        {"importFrom": {"claimName": "My_Claim", "path": "a.db"}},
+        "spec.importFrom.claimName: String should match pattern",
+    ),
+    (
+        "import-rerun-not-bool",
+        {"importFrom": {"urlSecret": {"name": "s"}, "rerunUnfinished": "yes please"}},
+        "spec.importFrom.rerunUnfinished: Input should be a valid boolean",
+    ),
+    (
+        "import-url-secret-a-string",
+        {"importFrom": {"urlSecret": "mysql://u:p@h/db"}},
+        "spec.importFrom.urlSecret: Input should be a valid dictionary",
+    ),
+    (
+        "import-study-name-number",
+        {"importFrom": {"urlSecret": {"name": "s"}, "studyName": 7}},
+        "spec.importFrom.studyName: Input should be a valid string",
+    ),
+    (
+        "import-unknown-field",
+        {"importFrom": {"urlSecret": {"name": "s"}, "file": "x"}},
+        "spec.importFrom.file: unknown field",
+    ),
 ]
 
 
@@ -322,6 +377,7 @@ RICH = study(
     pruner={"name": "median", "options": {"n_warmup_steps": 1}},
     warmStart=[{"lr": 0.01}],
     checkpoints={"claimName": "ckpt"},
+    importFrom={"claimName": "old", "path": "slurm/study.db", "studyName": "s", "rerunUnfinished": True},
     trial={
         "objective": "m:f",
         "template": {
@@ -368,6 +424,10 @@ def test_no_value_anywhere_makes_validation_or_the_job_builder_raise(path: tuple
         ref = dispatch.TrialRef("ns", "s", "s", "s-storage")
         assignment = dispatch.assignment(spec, ref, 0, 0, search.sampler_config(spec, 0), search.pruner_config(spec))
         json.dumps(dispatch.build_job(spec, ref, 0, 0, assignment, "image"))
+        if spec.import_from is not None:
+            json.dumps(importing.build_import_job(spec, ref, 0, "image"))
+        if spec.checkpoints.claim_name:
+            json.dumps(snapshots.build_snapshot_job(spec, ref, "s-storage-readonly", 5, "image"))
 
 
 def test_a_spec_that_is_not_an_object_is_a_problem_not_an_exception() -> None:
@@ -410,6 +470,26 @@ def test_the_references_a_study_needs_are_listed_with_their_fields() -> None:
 
 
 @pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (
+            {"claimName": "slurm", "path": "study.db"},
+            Reference("spec.importFrom.claimName", "PersistentVolumeClaim", "slurm"),
+        ),
+        ({"urlSecret": {"name": "old-db"}}, Reference("spec.importFrom.urlSecret", "Secret", "old-db", "url")),
+        (
+            {"urlSecret": {"name": "old-db", "key": "dsn"}, "studyName": "x"},
+            Reference("spec.importFrom.urlSecret", "Secret", "old-db", "dsn"),
+        ),
+    ],
+)
+def test_the_import_source_is_a_reference_that_must_exist(source: dict[str, Any], expected: Reference) -> None:
+    spec, problems = parse(study(importFrom=source))
+    assert spec is not None, problems
+    assert references(spec) == [expected]
+
+
+@pytest.mark.parametrize(
     ("reference", "exists", "keys", "expected"),
     [
         (
@@ -432,6 +512,24 @@ def test_the_references_a_study_needs_are_listed_with_their_fields() -> None:
         ),
         (Reference("spec.storage.adminSecret", "Secret", "admin"), True, frozenset({"username", "password"}), None),
         (Reference("spec.checkpoints.claimName", "PersistentVolumeClaim", "ckpt"), True, frozenset(), None),
+        (
+            Reference("spec.importFrom.claimName", "PersistentVolumeClaim", "slurm"),
+            False,
+            frozenset(),
+            "spec.importFrom.claimName: PersistentVolumeClaim slurm does not exist in namespace team; create it",
+        ),
+        (
+            Reference("spec.importFrom.urlSecret", "Secret", "old-db", "url"),
+            False,
+            frozenset(),
+            "spec.importFrom.urlSecret: Secret old-db does not exist in namespace team",
+        ),
+        (
+            Reference("spec.importFrom.urlSecret", "Secret", "old-db", "url"),
+            True,
+            frozenset({"dsn"}),
+            "spec.importFrom.urlSecret: Secret old-db has no key url; add it",
+        ),
     ],
 )
 def test_a_missing_reference_names_its_field(

@@ -37,3 +37,17 @@ EXIT_SUPERSEDED = 4
 """The attempt was fenced: a later attempt of the same trial owns it, so this one ran or told nothing."""
 EXIT_INTERRUPTED = 143
 """SIGTERM (128 + 15): the trial was stopped from outside and stays RUNNING."""
+
+TRANSFER_CONTAINER = "transfer"
+"""The container of an import or snapshot Job's pod, which runs `hpo-transfer`."""
+TRANSFER_COMMAND = ("hpo-transfer",)
+IMPORT_URL_ENV = "HPO_IMPORT_URL"
+"""The source database's URL for `hpo-transfer import`, from the user's Secret (the operator never reads it)."""
+IMPORTED_ATTR = "hpo:imported"
+"""Trial system attribute of an imported trial: ``{"source": <fingerprint>, "number": <its number there>}``."""
+IMPORTED_WORD = "IMPORTED"
+"""First word of a successful import's termination message: ``IMPORTED copied=<n> skipped=<n> ...``."""
+SNAPSHOT_WORD = "SNAPSHOT"
+"""First word of a successful snapshot's termination message: ``SNAPSHOT path=<file> trials=<n> ...``."""
+FAIL_WORD = "FAIL"
+"""First word of a failed transfer's termination message: ``FAIL <spec field>: <what is wrong>``."""

@@ -18,12 +18,12 @@ import yaml
 from hpo_operator import models
 
 # Fields that a started study must keep: Optuna cannot change directions or a parameter's
-# distribution, and the storage holds the study. The operator sets status.startedAt on the study's
-# first pass with its database ready and never removes it; until then (an invalid spec, a missing
-# Secret, a database not yet reachable) they may change, so that fixing a spec is an edit, not a
-# delete. Keyed on startedAt rather than on a condition: a running study edited into an invalid
-# spec is still a started study.
-IMMUTABLE_ONCE_STARTED = ("objective", "searchSpace", "storage")
+# distribution, the storage holds the study, and the imported trials are part of it. The operator
+# sets status.startedAt on the study's first pass with its database ready (before an import) and
+# never removes it; until then (an invalid spec, a missing Secret, a database not yet reachable)
+# they may change, so that fixing a spec is an edit, not a delete. Keyed on startedAt rather than
+# on a condition: a running study edited into an invalid spec is still a started study.
+IMMUTABLE_ONCE_STARTED = ("objective", "searchSpace", "storage", "importFrom")
 _NEVER_STARTED = "!has(oldSelf.status) || !has(oldSelf.status.startedAt)"
 
 PRINTER_COLUMNS = [

@@ -19,6 +19,8 @@ PLURAL = "hpostudies"
 STUDY_LABEL = f"{GROUP}/study"
 TRIAL_LABEL = f"{GROUP}/trial"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
+# On the study's other Jobs (never labelled with a trial): what they do, `import` or `snapshot`.
+TASK_LABEL = f"{GROUP}/task"
 # A study's Secrets are `<name>-storage` and `<name>-storage-readonly`, which must stay valid names.
 READONLY_SECRET_SUFFIX = "-storage-readonly"
 MAX_NAME_LENGTH = 253 - len(READONLY_SECRET_SUFFIX)
@@ -239,11 +241,71 @@ class Checkpoints(Model):
     """Where trial pods keep checkpoints, so a preempted trial resumes instead of starting over."""
 
     claim_name: str | None = Field(
-        default=None, description="PVC mounted in every trial pod for checkpoints (unset: no checkpoint volume)."
+        default=None,
+        description="PVC mounted in every trial pod for checkpoints, where study snapshots are kept too "
+        "(unset: no checkpoint volume, no snapshot).",
     )
     mount_path: str = Field(default="/checkpoints", description="Where trial pods see the checkpoint volume.")
     every_trials: int = Field(
-        default=5, ge=1, description="Record a study checkpoint in status every this many finished trials."
+        default=5,
+        ge=1,
+        description="Every this many finished trials, record a study checkpoint in status and, with claimName, "
+        "export the study to a snapshot file snapshots/<study>/ on the claim (the last 3 kept; "
+        "status.snapshot names the newest, which spec.importFrom of a new study restores).",
+    )
+
+
+class UrlSecretRef(Model):
+    """The key of a Secret of the study's namespace that holds a database URL."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="A Secret in the study's own namespace."
+    )
+    key: str = Field(
+        default="url",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="The key that holds the SQLAlchemy URL, e.g. mysql+pymysql://user:password@host/db.",
+    )
+
+
+class ImportFrom(Model):
+    """An existing Optuna study to start from: its trials are copied into the study's database before any trial
+    runs (immutable once the study has started).
+
+    Give either claimName and path (an SQLite file or an Optuna journal file on a PersistentVolumeClaim), or
+    urlSecret (a MySQL or PostgreSQL database); studyName may be left out when the source holds one study.
+    """
+
+    claim_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="A PersistentVolumeClaim of the study's namespace holding the file to import (with path).",
+    )
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="The SQLite database or Optuna journal file, relative to the claim's root (no leading /, no ..).",
+    )
+    study_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="The Optuna study to import (unset: the only study in the source).",
+    )
+    url_secret: UrlSecretRef | None = Field(
+        default=None,
+        description="A Secret key holding the source database's URL (MySQL, PostgreSQL); only the import Job "
+        "reads it, the operator never does.",
+    )
+    rerun_unfinished: bool = Field(
+        default=False,
+        description="Trials RUNNING or WAITING in the source are imported as FAIL; with true their parameters are "
+        "also queued to run again (as new trials, counted in budget.trials).",
     )
 
 
@@ -291,7 +353,14 @@ class HpoStudySpec(Model):
         default_factory=Storage,
         description="The MySQL server of the study's database (immutable once the study has started).",
     )
-    checkpoints: Checkpoints = Field(default_factory=Checkpoints, description="The checkpoint volume of trial pods.")
+    checkpoints: Checkpoints = Field(
+        default_factory=Checkpoints, description="The checkpoint volume of trial pods, and study snapshots."
+    )
+    import_from: ImportFrom | None = Field(
+        default=None,
+        description="An existing Optuna study (a file on a claim, or a database) whose trials are imported before "
+        "the first trial; they count in budget.trials (immutable once the study has started).",
+    )
     suspend: bool = Field(default=False, description="Stop dispatching and stop running trials (checkpoints kept).")
 
 
@@ -315,6 +384,14 @@ class TrialCounts(Model):
     complete: int = Field(default=0, description="Trials that returned a value.")
     pruned: int = Field(default=0, description="Trials the pruner stopped.")
     failed: int = Field(default=0, description="Trials that failed (the reason is Optuna's fail_reason).")
+    imported: int | None = Field(
+        default=None,
+        description="Of all the trials counted here, those imported from spec.importFrom (unset: none imported).",
+    )
+    imported_failed: int | None = Field(
+        default=None,
+        description="Of the imported trials, those that are FAIL (not counted against spec.budget.maxFailedTrials).",
+    )
 
 
 class BestTrial(Model):
@@ -346,10 +423,20 @@ class StudyCheckpoint(Model):
     finished_trials: int = Field(description="Finished trials at that moment.")
 
 
+class StudySnapshot(Model):
+    """The study's last snapshot: a portable SQLite file on the checkpoint claim that spec.importFrom restores."""
+
+    claim_name: str = Field(description="The claim that holds it (spec.checkpoints.claimName).")
+    path: str = Field(description="The file, relative to the claim's root (what spec.importFrom.path takes).")
+    time: str = Field(description="When its trials were read (RFC 3339).")
+    trials: int = Field(description="Trials it holds.")
+    finished_trials: int = Field(description="Finished trials among them.")
+
+
 class Condition(Model):
     """A standard Kubernetes condition: one aspect of the study, with the reason for its last change."""
 
-    type: str = Field(description="Validated, DatabaseReady, Progressing, TrialsWaiting or Finished.")
+    type: str = Field(description="Validated, DatabaseReady, Imported, Progressing, TrialsWaiting or Finished.")
     status: str = Field(description="True, False or Unknown.")
     reason: str = Field(description="A CamelCase reason (status.py lists them).")
     message: str = Field(default="", description="What happened, and what to do about it.")
@@ -373,6 +460,9 @@ class HpoStudyStatus(Model):
     pareto_front: list[BestTrial] = Field(default=[], description="Multi-objective: the best trials, bounded.")
     running_trials: list[RunningTrial] = Field(default=[], description="Unfinished trials and their checkpoints.")
     checkpoint: StudyCheckpoint | None = Field(default=None, description="The study's last progress record.")
+    snapshot: StudySnapshot | None = Field(
+        default=None, description="The study's last snapshot (spec.checkpoints with a claimName)."
+    )
     optuna_study: str | None = Field(default=None, description="The Optuna study name in the study's database.")
     started_at: str | None = Field(
         default=None,
@@ -381,5 +471,7 @@ class HpoStudyStatus(Model):
     )
     observed_generation: int | None = Field(default=None, description="The spec generation this status is about.")
     conditions: list[Condition] = Field(
-        default=[], description="Validated, DatabaseReady, Progressing, TrialsWaiting and Finished."
+        default=[],
+        description="Validated, DatabaseReady, Imported (with spec.importFrom), Progressing, TrialsWaiting and "
+        "Finished.",
     )

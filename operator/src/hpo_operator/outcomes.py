@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpo_operator.contract import EXIT_DATABASE_UNAVAILABLE, EXIT_INTERRUPTED, EXIT_SUPERSEDED, TRIAL_CONTAINER
-from hpo_operator.models import ATTEMPT_LABEL, TRIAL_LABEL
+from hpo_operator.models import ATTEMPT_LABEL, TASK_LABEL, TRIAL_LABEL
 
 INTERRUPTED_EXIT_CODES = (EXIT_INTERRUPTED, 137)  # the runtime exits 143 on SIGTERM; 137 is SIGKILL after the grace
 PREEMPTION_REASONS = {
@@ -87,6 +87,7 @@ class PodSummary:
     started_at: datetime.datetime | None = None
     finished_at: datetime.datetime | None = None
     deletion_deadline: datetime.datetime | None = None
+    task: str = ""  # an import or snapshot pod (trial -1); empty for a trial pod
 
     @property
     def terminal(self) -> bool:
@@ -103,6 +104,8 @@ class JobSummary:
     message: str = ""
     suspended: bool = False
     resumed_at: datetime.datetime | None = None
+    succeeded: bool = False
+    task: str = ""  # an import or snapshot Job (trial -1); empty for a trial Job
 
 
 def parse_time(value: str | None) -> datetime.datetime:
@@ -162,6 +165,7 @@ def summarise(pod: dict[str, Any]) -> PodSummary:
         started_at=_time((state.get("running") or {}).get("startedAt") or terminated.get("startedAt")),
         finished_at=_time(terminated.get("finishedAt")),
         deletion_deadline=deletion,
+        task=str(labels.get(TASK_LABEL) or ""),
     )
 
 
@@ -178,6 +182,8 @@ def summarise_job(job: dict[str, Any]) -> JobSummary:
         message=conditions.get("Failed", {}).get("message", ""),
         suspended=bool((job.get("spec") or {}).get("suspend")),
         resumed_at=_time(suspended.get("lastTransitionTime")) if suspended.get("status") == "False" else None,
+        succeeded=conditions.get("Complete", {}).get("status") == "True",
+        task=str((metadata.get("labels") or {}).get(TASK_LABEL) or ""),
     )
 
 

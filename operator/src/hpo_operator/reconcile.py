@@ -7,8 +7,10 @@ can be repeated, or the operator killed between any two steps, without losing or
 trial: a RUNNING trial without a Job gets one, a Job whose name exists is found, not made twice.
 
 The decisions are pure functions of what was read, each in the module that owns its concern:
-`validation` (is the spec runnable), `outcomes.decide` (what happened to each trial's latest
-attempt and what to do next), `dispatch.plan` (how many trials to start), `status.end_of_study`
+`validation` (is the spec runnable), `importing.decide` (what the import Job's end means: no trial
+is dispatched before an `importFrom` study is imported), `outcomes.decide` (what happened to each
+trial's latest attempt and what to do next), `dispatch.plan` (how many trials to start),
+`snapshots.decide` (when to snapshot the study, what a snapshot Job reported), `status.end_of_study`
 and `status.decide` (has the study ended, its phase and conditions) and `status.transitions`
 (which Events a change calls for). This module only reads, calls them, and carries out what they
 say through `kube`, `storage` and `provisioning`.
@@ -26,7 +28,18 @@ import optuna
 import sqlalchemy.exc
 from kubernetes.client import ApiException
 
-from hpo_operator import dispatch, events, kube, metrics, outcomes, provisioning, search, validation
+from hpo_operator import (
+    dispatch,
+    events,
+    importing,
+    kube,
+    metrics,
+    outcomes,
+    provisioning,
+    search,
+    snapshots,
+    validation,
+)
 from hpo_operator import status as st
 from hpo_operator.models import DISPATCHED_AT_ANNOTATION, EndPolicy, HpoStudySpec, Phase
 from hpo_operator.outcomes import Action, Decision, JobSummary, PodSummary, TrialView
@@ -107,6 +120,7 @@ class StudyLoop:
     events: events.Recorder | None = None
     dry_run_unavailable: bool = False
     refused: str = ""  # why the API server refused this pass's last trial Job
+    snapshot_tried: int = 0  # the most finished trials a snapshot Job was made for (by this process)
 
     @property
     def secret_name(self) -> str:
@@ -132,7 +146,7 @@ class StudyLoop:
                 events.StudyRef(self.namespace, self.name, study.uid), kube.create_event, self.logger
             )
         previous = self.written if self.written is not None else study.status
-        if self.idle(study, previous, pods):
+        if self.idle(study, previous, pods, jobs):
             return
         spec, problems, reason = self.validate(body, study)
         if spec is None:
@@ -185,10 +199,11 @@ class StudyLoop:
             )
             raise StudyProblem(message) from error
 
-    def idle(self, study: Observed, previous: dict[str, Any], pods: list[PodSummary]) -> bool:
+    def idle(self, study: Observed, previous: dict[str, Any], pods: list[PodSummary], jobs: list[JobSummary]) -> bool:
         """A finished study costs nothing until its spec changes: no query, no connection, no API call.
 
         Its daemon stays (a coroutine that sleeps), so an edit (a larger budget) continues it at once.
+        A snapshot Job still there keeps it awake until its result is recorded.
         """
         finished = (
             previous.get("phase") in TERMINAL
@@ -196,7 +211,7 @@ class StudyLoop:
             and _condition(previous, st.VALIDATED) == "True"
         )
         now = datetime.datetime.now(datetime.UTC)
-        if not finished or any(outcomes.holds_slot(pod, now) for pod in pods):
+        if not finished or any(outcomes.holds_slot(pod, now) for pod in pods) or any(j.task for j in jobs):
             self.idle_generation = None
             return False
         if self.idle_generation is None and previous.get("observedGeneration") == study.generation:
@@ -301,10 +316,22 @@ class StudyLoop:
         started_at = previous.get("startedAt") or st.now()
         parallelism = dispatch.parallelism(spec.budget.parallelism, spec.budget.trials, self.settings.max_parallelism)
         spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"parallelism": parallelism.value})})
+        imported, just_imported = st.ImportedCounts.of(previous), ""
+        if spec.import_from is not None and _condition(previous, st.IMPORTED) != "True":
+            done = self.import_study(body, study, previous, spec, store, jobs, pods, started_at, now)
+            if done is None:
+                return  # no trial before the import has succeeded
+            imported, just_imported = done
+        tasks, pods_of_tasks = [j for j in jobs if j.task], [p for p in pods if p.task]  # import and snapshot Jobs
+        jobs, pods = [j for j in jobs if not j.task], [p for p in pods if not p.task]  # only trials hold slots
         store.enqueue_warm_start(spec)
         counts = store.counts()
         end = st.end_of_study(
-            counts.failed, spec.budget.max_failed_trials, started_at, spec.budget.deadline_seconds, now
+            counts.failed - (imported.failed if imported else 0),
+            spec.budget.max_failed_trials,
+            started_at,
+            spec.budget.deadline_seconds,
+            now,
         )
         rules = outcomes.Rules(
             retries=spec.budget.retries_per_trial,
@@ -375,6 +402,9 @@ class StudyLoop:
             )
         )
         attempts = {n: d.attempt for n, d in decisions.items()}
+        checkpoint = self.checkpoint(spec, counts.finished, previous.get("checkpoint"))
+        if just_imported:
+            verdict = st.imported(verdict, just_imported)
         facts = st.Facts(
             verdict,
             spec.budget.trials,
@@ -386,8 +416,11 @@ class StudyLoop:
             attempts=attempts,
             optuna_study=self.name,
             started_at=started_at,
-            checkpoint=self.checkpoint(spec, counts.finished, previous.get("checkpoint")),
+            checkpoint=checkpoint,
+            imported=imported,
+            snapshot=previous.get("snapshot"),
         )
+        pending = self.tasks(body, spec, facts, tasks, pods_of_tasks, previous)
         self.best_trials(spec, store, facts, previous)
         for state, count in (
             ("complete", counts.complete),
@@ -398,7 +431,7 @@ class StudyLoop:
             metrics.STUDY_TRIALS.labels(self.namespace, self.name, state).set(count)
         self.previous_running = numbers
         self.write(study, previous, facts)
-        if verdict.phase.value in TERMINAL and not (numbers or live) and _finished(verdict):
+        if verdict.phase.value in TERMINAL and not (numbers or live or pending) and _finished(verdict):
             self.idle_generation = study.generation
             self.close()
 
@@ -547,6 +580,132 @@ class StudyLoop:
         self.pareto = [t if t.params else (store.finished_trial(t.number) or t) for t in front]
         return sorted(self.pareto, key=lambda t: t.number)
 
+    # -- import and snapshots --------------------------------------------------------------------------
+
+    def import_study(
+        self,
+        body: dict[str, Any],
+        study: Observed,
+        previous: dict[str, Any],
+        spec: HpoStudySpec,
+        store: StudyStore,
+        jobs: list[JobSummary],
+        pods: list[PodSummary],
+        started_at: str,
+        now: datetime.datetime,
+    ) -> tuple[st.ImportedCounts, str] | None:
+        """Run the import Job until it succeeds: then its counts and the Imported condition's message, else None."""
+        database = f"Optuna study {self.name} in database {self.provisioned.database if self.provisioned else '?'}"
+        source = importing.describe(spec)
+        failed = _condition_entry(previous, st.IMPORTED)
+        if failed.get("reason") == st.REASON_IMPORT_FAILED and failed.get("observedGeneration") == study.generation:
+            field, _, message = str(failed.get("message", "")).partition(": ")
+            verdict = st.import_failed(field, message, database)
+            self.write(study, previous, st.Facts(verdict, spec.budget.trials, study.generation, started_at=started_at))
+            return None  # fix the source, then edit the spec: the import runs again
+        decision = importing.decide(spec, jobs, pods, now)
+        action = decision.action
+        if action is importing.Action.DONE:
+            total, failed_count = store.imported_counts()
+            result = decision.result
+            message = f"imported {total} trials from {source}" + (
+                f" ({result.failed_unfinished} unfinished there are FAIL, {result.enqueued} queued to run again; "
+                f"best there {result.best!r})"
+                if result is not None
+                else ""
+            )
+            self.logger.info(message)
+            return st.ImportedCounts(total, failed_count), message
+        refused = ""
+        if action in (importing.Action.CREATE, importing.Action.RERUN):
+            for name in decision.jobs:
+                kube.delete_job(self.namespace, name)
+            refused = self.start_import(body, spec, decision, source)
+        if refused:
+            verdict = st.importing(refused, database)
+        elif action is importing.Action.FAIL:
+            for name in decision.jobs:
+                kube.delete_job(self.namespace, name)
+            verdict = st.import_failed(decision.field, decision.message, database)
+        else:
+            verdict = st.importing(f"{decision.message} ({source})", database)
+        self.write(study, previous, st.Facts(verdict, spec.budget.trials, study.generation, started_at=started_at))
+        return None
+
+    def start_import(self, body: dict[str, Any], spec: HpoStudySpec, decision: importing.Decision, source: str) -> str:
+        """Create the import run's Job; why the API server refused it, if it did (tried again next pass)."""
+        ref = dispatch.TrialRef(
+            self.namespace, self.name, self.name, self.secret_name, self.provisioned.tls if self.provisioned else False
+        )
+        job = importing.build_import_job(spec, ref, decision.run, self.settings.trial_image)
+        try:
+            kube.create_owned(job, owner=body)
+        except ApiException as error:
+            refused = f"importing: the API server refused the import Job: {_api_message(error)}; retrying"
+            self.logger.warning(refused)
+            return refused
+        self.logger.info(f"import run {decision.run}: created Job {job['metadata']['name']}")
+        if decision.action is importing.Action.RERUN:
+            self.event(st.EVENT_IMPORT_RETRIED, decision.message, warning=True)
+        else:
+            self.event(st.EVENT_IMPORT_STARTED, f"importing {source} (Job {job['metadata']['name']})")
+        return ""
+
+    def tasks(
+        self,
+        body: dict[str, Any],
+        spec: HpoStudySpec,
+        facts: st.Facts,
+        jobs: list[JobSummary],
+        pods: list[PodSummary],
+        previous: dict[str, Any],
+    ) -> bool:
+        """Delete a finished import's Jobs, run snapshots, record the newest in facts; True while a Job remains."""
+        done_imports = [j.name for j in jobs if j.task == importing.IMPORT_TASK]
+        for name in done_imports:  # the import has succeeded (this pass or earlier): its Jobs are done
+            kube.delete_job(self.namespace, name)
+        snapshot_jobs = [j for j in jobs if j.task == importing.SNAPSHOT_TASK]
+        if spec.checkpoints.claim_name is None and not snapshot_jobs:
+            return False
+        recorded = previous.get("snapshot") if isinstance(previous.get("snapshot"), dict) else {}
+        done = max(self.snapshot_tried, int((recorded or {}).get("finishedTrials") or 0))
+        due = int((facts.checkpoint or {}).get("finishedTrials") or 0) if spec.checkpoints.claim_name else 0
+        decision = snapshots.decide(due, done, snapshot_jobs, pods)
+        for name, why in decision.failed:
+            self.event(st.EVENT_SNAPSHOT_FAILED, f"snapshot Job {name} failed: {why}", warning=True)
+        if decision.taken is not None and spec.checkpoints.claim_name:
+            facts.snapshot = decision.taken.status(spec)
+            if facts.snapshot != recorded:
+                self.event(
+                    st.EVENT_SNAPSHOT_TAKEN,
+                    f"{facts.snapshot['path']} on claim {spec.checkpoints.claim_name}: "
+                    f"{decision.taken.trials} trials, {decision.taken.finished} finished",
+                )
+        for name in decision.delete:
+            kube.delete_job(self.namespace, name)
+        created = False
+        if decision.create is not None:
+            self.snapshot_tried = decision.create
+            ref = dispatch.TrialRef(
+                self.namespace,
+                self.name,
+                self.name,
+                self.secret_name,
+                self.provisioned.tls if self.provisioned else False,
+            )
+            readonly = provisioning.secret_names(self.name)[1]
+            job = snapshots.build_snapshot_job(spec, ref, readonly, decision.create, self.settings.trial_image)
+            try:
+                kube.create_owned(job, owner=body)
+                created = True
+            except ApiException as error:
+                self.event(
+                    st.EVENT_SNAPSHOT_FAILED,
+                    f"the API server refused snapshot Job {job['metadata']['name']}: {_api_message(error)}",
+                    warning=True,
+                )
+        return created or len(decision.delete) < len(snapshot_jobs) or bool(done_imports)
+
     @staticmethod
     def checkpoint(spec: HpoStudySpec, finished: int, previous: dict[str, Any] | None) -> dict[str, Any] | None:
         """Record a study checkpoint every `spec.checkpoints.everyTrials` finished trials."""
@@ -586,10 +745,15 @@ def _total(raw_spec: object) -> int:
 
 
 def _condition(status: dict[str, Any], kind: str) -> str | None:
+    found = _condition_entry(status, kind)
+    return str(found["status"]) if "status" in found else None
+
+
+def _condition_entry(status: dict[str, Any], kind: str) -> dict[str, Any]:
     for condition in status.get("conditions") or []:
         if isinstance(condition, dict) and condition.get("type") == kind:
-            return str(condition.get("status"))
-    return None
+            return condition
+    return {}
 
 
 def _finished(verdict: st.Verdict) -> bool:

@@ -29,6 +29,7 @@ DATABASE_READY = "DatabaseReady"
 PROGRESSING = "Progressing"
 TRIALS_WAITING = "TrialsWaiting"
 FINISHED = "Finished"
+IMPORTED = "Imported"
 
 REASON_VALID = "SpecValid"
 REASON_INVALID = "SpecInvalid"
@@ -53,6 +54,9 @@ REASON_TOO_MANY_FAILURES = "TooManyFailures"
 REASON_NO_TRIAL_COMPLETED = "NoTrialCompleted"
 REASON_ALL_STARTED = "AllStarted"
 REASON_PACED = "Paced"
+REASON_IMPORTING = "Importing"
+REASON_IMPORT_SUCCEEDED = "ImportSucceeded"
+REASON_IMPORT_FAILED = "ImportFailed"
 
 # Event reasons beyond the conditions' own.
 EVENT_INVALID_SPEC = "InvalidSpec"
@@ -61,6 +65,11 @@ EVENT_DATABASE_READY = "DatabaseReady"
 EVENT_STUDY_FINISHED = "StudyFinished"
 EVENT_STUDY_FAILED = "StudyFailed"
 EVENT_STUDY_CONTINUED = "StudyContinued"
+EVENT_IMPORTED = "Imported"
+EVENT_IMPORT_STARTED = "ImportStarted"
+EVENT_IMPORT_RETRIED = "ImportRetried"
+EVENT_SNAPSHOT_TAKEN = "SnapshotTaken"
+EVENT_SNAPSHOT_FAILED = "SnapshotFailed"
 
 
 @dataclass(frozen=True)
@@ -79,10 +88,29 @@ class End:
     message: str
 
 
+@dataclass(frozen=True)
+class ImportedCounts:
+    """How many of the study's trials were imported, and how many of those are FAIL (recorded once, at import)."""
+
+    total: int = 0
+    failed: int = 0
+
+    @classmethod
+    def of(cls, status: dict[str, Any]) -> ImportedCounts | None:
+        trials = status.get("trials")
+        if not isinstance(trials, dict) or not isinstance(trials.get("imported"), int):
+            return None
+        failed = trials.get("importedFailed")
+        return cls(trials["imported"], failed if isinstance(failed, int) else 0)
+
+
 def end_of_study(
     failed: int, max_failed: int | None, started_at: str | None, deadline_seconds: int | None, now: datetime.datetime
 ) -> End | None:
-    """The study has ended early: more failures than allowed, or its deadline passed (None: it has not)."""
+    """The study has ended early: more failures than allowed, or its deadline passed (None: it has not).
+
+    ``failed`` counts the trials this study ran that failed: imported FAIL trials are not its failures.
+    """
     if max_failed is not None and failed > max_failed:
         return End(
             REASON_TOO_MANY_FAILURES, f"{failed} trials failed, more than spec.budget.maxFailedTrials ({max_failed})"
@@ -185,6 +213,46 @@ def _waiting_condition(progress: Progress) -> ConditionUpdate:
     return ConditionUpdate(TRIALS_WAITING, True, REASON_PACED if progress.paced else reason, message)
 
 
+def importing(message: str, database_message: str = "") -> Verdict:
+    """The import Job runs (or is being made): no trial is dispatched until it has succeeded."""
+    return Verdict(
+        Phase.RUNNING,
+        message,
+        [
+            ConditionUpdate(VALIDATED, True, REASON_VALID),
+            ConditionUpdate(DATABASE_READY, True, REASON_PROVISIONED, database_message),
+            ConditionUpdate(IMPORTED, False, REASON_IMPORTING, message),
+            ConditionUpdate(PROGRESSING, True, REASON_IMPORTING, message),
+            _finished(False, REASON_IN_PROGRESS),
+        ],
+    )
+
+
+def import_failed(field: str, message: str, database_message: str = "") -> Verdict:
+    """The import failed in a way no run of it can mend: the study fails, naming the field to fix."""
+    said = f"{field}: {message}"
+    return Verdict(
+        Phase.FAILED,
+        f"import failed: {said}",
+        [
+            ConditionUpdate(VALIDATED, True, REASON_VALID),
+            ConditionUpdate(DATABASE_READY, True, REASON_PROVISIONED, database_message),
+            ConditionUpdate(IMPORTED, False, REASON_IMPORT_FAILED, said),
+            ConditionUpdate(PROGRESSING, False, REASON_IMPORT_FAILED, said),
+            _finished(True, REASON_IMPORT_FAILED, said),
+        ],
+    )
+
+
+def imported(verdict: Verdict, message: str) -> Verdict:
+    """The verdict of the pass in which the import succeeded: Imported turns True."""
+    return Verdict(
+        verdict.phase,
+        verdict.message,
+        [*verdict.conditions, ConditionUpdate(IMPORTED, True, REASON_IMPORT_SUCCEEDED, message)],
+    )
+
+
 def rejected(message: str, reason: str = REASON_INVALID) -> Verdict:
     """A spec the operator will not run (invalid, against its policy, or naming what does not exist)."""
     return Verdict(Phase.FAILED, f"invalid spec: {message}", [ConditionUpdate(VALIDATED, False, reason, message)])
@@ -247,6 +315,8 @@ class Facts:
     checkpoint: dict[str, Any] | None = None
     optuna_study: str | None = None
     started_at: str | None = None
+    imported: ImportedCounts | None = None
+    snapshot: dict[str, Any] | None = None
 
 
 def _number(value: float) -> float | None:
@@ -278,6 +348,7 @@ def render(facts: Facts, old_conditions: list[dict[str, Any]]) -> dict[str, Any]
         "optunaStudy": facts.optuna_study,
         "startedAt": facts.started_at,
         "checkpoint": facts.checkpoint,
+        "snapshot": facts.snapshot,
     }
     if counts is not None:
         fields["progress"] = f"{counts.finished}/{facts.total}"
@@ -288,6 +359,9 @@ def render(facts: Facts, old_conditions: list[dict[str, Any]]) -> dict[str, Any]
             "pruned": counts.pruned,
             "failed": counts.failed,
         }
+        if facts.imported is not None:
+            fields["trials"]["imported"] = facts.imported.total
+            fields["trials"]["importedFailed"] = facts.imported.failed
         fields["runningTrials"] = [
             {
                 "number": r.number,
@@ -356,6 +430,12 @@ def transitions(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Note]:
             )
         elif finished["status"] == "False" and was.get("status") == "True":
             notes.append(Note(EVENT_STUDY_CONTINUED, str(new.get("message", ""))))
+    if (change := changed(IMPORTED)) is not None:
+        was, done = change
+        if done["status"] == "True" and was.get("status") != "True":
+            notes.append(Note(EVENT_IMPORTED, done.get("message", "")))
+        elif done["reason"] == REASON_IMPORT_FAILED:
+            notes.append(Note(REASON_IMPORT_FAILED, done.get("message", ""), warning=True))
     if (change := changed(PROGRESSING)) is not None:
         was, progressing = change
         if progressing["reason"] in BLOCKED and was.get("reason") != progressing["reason"]:

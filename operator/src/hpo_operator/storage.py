@@ -22,7 +22,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from hpo_operator import metrics, search
-from hpo_operator.contract import ATTEMPT_ATTR, CHECKPOINT_ATTR, FAIL_REASON_ATTR
+from hpo_operator.contract import ATTEMPT_ATTR, CHECKPOINT_ATTR, FAIL_REASON_ATTR, IMPORTED_ATTR
 from hpo_operator.models import HpoStudySpec
 
 OUTCOMES_ATTR = "hpo:outcomes"  # per trial: the verdict of each attempt, so retries survive restarts
@@ -184,6 +184,17 @@ class StudyStore:
             failed=by_state.get("FAIL", 0),
             queued=by_state.get("WAITING", 0),
         )
+
+    def imported_counts(self) -> tuple[int, int]:
+        """Imported trials (marked `IMPORTED_ATTR`), and how many of them are FAIL: read once, when an import ends."""
+        rows = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(t.state = 'FAIL'), 0) FROM trials t "
+            "JOIN trial_system_attributes a ON a.trial_id = t.trial_id AND a.`key` = :imported "
+            "WHERE t.study_id = :study_id",
+            imported=IMPORTED_ATTR,
+        )
+        total, failed = rows[0] if rows else (0, 0)
+        return int(total or 0), int(failed or 0)
 
     def running(self) -> list[RunningTrial]:
         """RUNNING trials with the checkpoint each last reported and their attempts' outcomes (at most M rows)."""

@@ -110,7 +110,7 @@ def _pydantic_message(issue: Any) -> str:
 def check(spec: HpoStudySpec, limits: Limits = Limits()) -> list[Problem]:
     """What a parsed spec gets wrong (empty: it may run)."""
     problems = [p for name, parameter in spec.search_space.items() for p in _parameter(name, parameter)]
-    problems += _objective(spec) + _trial(spec)
+    problems += _objective(spec) + _trial(spec) + _import_from(spec)
     if not problems:  # the sampler, pruner and warm start read the search space
         problems += _sampler(spec, limits) + _pruner(spec) + _warm_start(spec)
     return problems
@@ -219,6 +219,51 @@ def _objective(spec: HpoStudySpec) -> list[Problem]:
     if metrics and len(metrics) != len(directions):
         return [Problem("spec.objective.metrics", f"give one metric name per direction ({len(directions)}), or none")]
     return []
+
+
+def _import_from(spec: HpoStudySpec) -> list[Problem]:
+    """Exactly one source: a file (claimName and path, inside the claim) or a database (urlSecret)."""
+    source = spec.import_from
+    if source is None:
+        return []
+    where = "spec.importFrom"
+    on_claim = source.claim_name is not None or source.path is not None
+    if source.url_secret is not None and on_claim:
+        return [
+            Problem(
+                f"{where}.urlSecret",
+                "give either urlSecret (a database) or claimName and path (a file on a claim), not both",
+            )
+        ]
+    if source.url_secret is None and not on_claim:
+        return [
+            Problem(
+                where,
+                "name the study to import: claimName and path (an SQLite or Optuna journal file on a "
+                "PersistentVolumeClaim), or urlSecret (a Secret key holding a MySQL or PostgreSQL URL)",
+            )
+        ]
+    if source.url_secret is not None:
+        return []
+    if source.claim_name is None:
+        return [Problem(f"{where}.claimName", "required with path: the PersistentVolumeClaim that holds the file")]
+    if source.path is None:
+        return [Problem(f"{where}.path", "required with claimName: the file to import, relative to the claim's root")]
+    why = importing_path_problem(source.path)
+    return [Problem(f"{where}.path", f"{source.path!r} {why}")] if why else []
+
+
+def importing_path_problem(path: str) -> str | None:
+    """Why ``spec.importFrom.path`` cannot name a file inside its claim (None: it can)."""
+    if path.startswith("/"):
+        return "must be relative to the claim's root (no leading /), e.g. studies/slurm.db"
+    if any(ord(char) < 32 or ord(char) == 127 for char in path):
+        return "must not contain control characters"
+    if ".." in path.split("/"):
+        return "must stay inside the claim: remove the .. segments"
+    if path.strip("/.") == "" or path.endswith("/"):
+        return "must name a file, not a directory"
+    return None
 
 
 def _trial(spec: HpoStudySpec) -> list[Problem]:
@@ -460,6 +505,12 @@ def references(spec: HpoStudySpec) -> list[Reference]:
         found.append(Reference("spec.storage.tls.caSecret", "Secret", ca.name, ca.key))
     if spec.checkpoints.claim_name:
         found.append(Reference("spec.checkpoints.claimName", "PersistentVolumeClaim", spec.checkpoints.claim_name))
+    source = spec.import_from
+    if source is not None and source.claim_name:
+        found.append(Reference("spec.importFrom.claimName", "PersistentVolumeClaim", source.claim_name))
+    if source is not None and source.url_secret is not None:
+        url = source.url_secret
+        found.append(Reference("spec.importFrom.urlSecret", "Secret", url.name, url.key))
     pod = spec.trial.template.get("spec")
     volumes = pod.get("volumes") if isinstance(pod, dict) else None
     for index, volume in enumerate(volumes if isinstance(volumes, list) else []):
