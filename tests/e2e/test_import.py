@@ -9,6 +9,8 @@ An HpoStudy with `spec.importFrom` then continues the search to its budget.
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +21,10 @@ import pytest
 from kubernetes import client
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo_operator.models import TRIAL_LABEL
+from hpo_operator.models import TASK_LABEL, TRIAL_LABEL
 from tests import mysql
 from tests.conftest import KubectlRunner
+from tests.e2e.conftest import start_operator
 from tests.helpers import wait_for
 from tests.studies import Studies
 from tests.trial_runtime.test_transfer import Slurm, run_slurm_array
@@ -204,21 +207,39 @@ def test_an_import_that_cannot_work_names_the_field_and_runs_no_trial(
     tmp_path: Path,
 ) -> None:
     slurm = run_slurm_array(tmp_path, "sqlite", jobs=2)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("lr=0.01 gave 0.93\n")
     make_claim(kube, studies.namespace, "slurm")
-    copy_onto_claim(kube, kubectl, studies.namespace, testbed_env["HPO_TRIAL_IMAGE"], "slurm", [slurm.path])
-    cases = {
-        "no-file": ({"claimName": "slurm", "path": "missing.db"}, "Imported", "spec.importFrom.path: "),
+    copy_onto_claim(kube, kubectl, studies.namespace, testbed_env["HPO_TRIAL_IMAGE"], "slurm", [slurm.path, notes])
+    narrower = {**SLURM_SPACE, "x": {"type": "float", "low": -1, "high": 1}}
+    # study -> (importFrom, other spec fields, the condition that fails, the start of its message)
+    cases: dict[str, tuple[dict[str, Any], dict[str, Any], str, str]] = {
+        "no-file": ({"claimName": "slurm", "path": "missing.db"}, {}, "Imported", "spec.importFrom.path: "),
+        "not-optuna": ({"claimName": "slurm", "path": "notes.txt"}, {}, "Imported", "spec.importFrom.path: "),
         "no-study": (
             {"claimName": "slurm", "path": "slurm.db", "studyName": "nope"},
+            {},
             "Imported",
             "spec.importFrom.studyName: ",
         ),
-        "no-claim": ({"claimName": "nowhere", "path": "slurm.db"}, "Validated", "spec.importFrom.claimName: "),
-        "escapes": ({"claimName": "slurm", "path": "../../etc/passwd"}, "Validated", "spec.importFrom.path: "),
+        "directions": (
+            {"claimName": "slurm", "path": "slurm.db"},
+            {"objective": {"directions": ["maximize"]}},
+            "Imported",
+            "spec.objective.directions: ",
+        ),
+        "narrower": (
+            {"claimName": "slurm", "path": "slurm.db"},
+            {"searchSpace": narrower},
+            "Imported",
+            "spec.searchSpace.x",
+        ),
+        "no-claim": ({"claimName": "nowhere", "path": "slurm.db"}, {}, "Validated", "spec.importFrom.claimName: "),
+        "escapes": ({"claimName": "slurm", "path": "../../etc/passwd"}, {}, "Validated", "spec.importFrom.path: "),
     }
-    for name, (source, _, _) in cases.items():
-        studies.create(name, continued(objectives, 4, importFrom=source))
-    for name, (_, kind, field) in cases.items():
+    for name, (source, extra, _, _) in cases.items():
+        studies.create(name, continued(objectives, 4, importFrom=source, **extra))
+    for name, (_, _, kind, field) in cases.items():
         failed = studies.wait_phase(name, "Failed", 180)
         said = condition(failed, kind)
         assert said.get("status") == "False" and said["message"].startswith(field), (name, said)
@@ -227,6 +248,33 @@ def test_an_import_that_cannot_work_names_the_field_and_runs_no_trial(
     assert "slurm" in no_study, "the names the source holds are listed"
     jobs = client.BatchV1Api(kube).list_namespaced_job(studies.namespace).items
     assert not [j for j in jobs if TRIAL_LABEL in (j.metadata.labels or {})], "no trial ran"
+
+
+def test_an_operator_killed_during_the_import_duplicates_no_trial(
+    studies: Studies,
+    objectives: dict[str, Any],
+    kube: client.ApiClient,
+    kubectl: KubectlRunner,
+    testbed_env: dict[str, str],
+    tmp_path: Path,
+    operator: int,
+) -> None:
+    slurm = run_slurm_array(tmp_path, "journal")
+    source = slurm.trials()
+    make_claim(kube, studies.namespace, "slurm")
+    copy_onto_claim(kube, kubectl, studies.namespace, testbed_env["HPO_TRIAL_IMAGE"], "slurm", [slurm.path])
+    total = len(source) + 2
+    source_file = {"claimName": "slurm", "path": slurm.path.name}
+    studies.create("restarted", continued(objectives, total, importFrom=source_file))
+    batch = client.BatchV1Api(kube)
+    wait_for(
+        lambda: batch.list_namespaced_job(studies.namespace, label_selector=f"{TASK_LABEL}=import").items,
+        120,
+        "the import Job",
+    )
+    os.kill(operator, signal.SIGKILL)
+    start_operator()
+    assert_continued(studies, "restarted", source, slurm.killed, total)
 
 
 def test_a_study_snapshotted_every_5_trials_is_restored_after_its_database_is_lost(
