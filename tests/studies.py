@@ -10,6 +10,7 @@ import optuna
 from kubernetes import client, watch
 
 from hpo_operator.models import GROUP, PLURAL, VERSION
+from tests.helpers import wait_for
 
 
 class Studies:
@@ -69,3 +70,18 @@ class Studies:
                 self.namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=HpoStudy"
             ).items
         )
+
+    def wait_events(
+        self, name: str, accept: Callable[[client.CoreV1Event], bool], what: str, timeout: float = 30, count: int = 1
+    ) -> list[client.CoreV1Event]:
+        """The study's Events that ``accept`` takes, once there are ``count`` of them.
+
+        The operator posts a transition's Events just after the status that shows it (so a failed
+        status patch never leaves an Event behind): a test that has seen the status waits for them.
+        """
+
+        def enough() -> list[client.CoreV1Event] | None:
+            found = [e for e in self.events(name) if accept(e)]
+            return found if len(found) >= count else None
+
+        return wait_for(enough, timeout, f"{what} of study {name}")

@@ -51,9 +51,15 @@ def start_operator() -> int:
 
 
 @pytest.fixture(scope="session")
-def operator(kube: client.ApiClient) -> int:
-    """The operator as `make operator-up` runs it, with the tests' policy; returns its pid."""
-    return start_operator()
+def started_operator(kube: client.ApiClient) -> None:
+    """The operator as `make operator-up` runs it, with the tests' policy, started once per session."""
+    start_operator()
+
+
+@pytest.fixture
+def operator(started_operator: None) -> int:
+    """The pid of the operator running now (a test that killed it started another)."""
+    return int((ROOT / ".testbed" / "operator.pid").read_text())
 
 
 @pytest.fixture

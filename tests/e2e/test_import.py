@@ -119,6 +119,7 @@ def assert_continued(studies: Studies, name: str, source: list[FrozenTrial], kil
         assert copy.state is (TrialState.FAIL if original.number == killed else original.state)
     complete = [t.values[0] for t in trials if t.state is TrialState.COMPLETE]
     assert status["bestTrial"]["value"] == pytest.approx(min(complete))
+    studies.wait_events(name, lambda e: e.reason == "StudyFinished", "the StudyFinished Event")
     reasons = [e.reason for e in studies.events(name)]
     assert reasons.count("ImportStarted") == 1 and reasons.count("Imported") == 1, reasons
     return study
@@ -243,7 +244,7 @@ def test_an_import_that_cannot_work_names_the_field_and_runs_no_trial(
         failed = studies.wait_phase(name, "Failed", 180)
         said = condition(failed, kind)
         assert said.get("status") == "False" and said["message"].startswith(field), (name, said)
-        assert any(e.type == "Warning" for e in studies.events(name)), name
+        studies.wait_events(name, lambda e: e.type == "Warning", "a Warning Event")
     no_study = condition(studies.get("no-study"), "Imported")["message"]
     assert "slurm" in no_study, "the names the source holds are listed"
     jobs = client.BatchV1Api(kube).list_namespaced_job(studies.namespace).items

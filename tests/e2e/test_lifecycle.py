@@ -103,7 +103,9 @@ def test_every_invalid_or_extreme_spec_gets_a_clear_status_quickly_and_no_job(
         )
         message = failed["status"]["message"] + " " + json.dumps(failed["status"]["conditions"])
         assert expected.split(":")[0] in message, (name, message)
-        assert any(e.type == "Warning" for e in studies.events(name)), f"{name}: no Warning Event"
+        studies.wait_events(
+            name, lambda e: e.type == "Warning", "a Warning Event", max(5.0, 30 - (time.monotonic() - started))
+        )
     jobs = client.BatchV1Api(kube).list_namespaced_job(studies.namespace).items
     assert not {job.metadata.labels["hpo.dev/study"] for job in jobs} & set(accepted), "no Job for an invalid study"
     assert int((TESTBED / "operator.pid").read_text()) == operator, "the operator never restarted"
@@ -245,7 +247,7 @@ def test_continuing_a_finished_study_resets_finished_and_posts_each_event_once(
     assert running["status"]["phase"] == "Running"
     done = studies.wait_phase("more", "Succeeded")
     assert trials_of(done)["complete"] == 4 and condition(done, "Finished")["status"] == "True"
-    finished = [e for e in studies.events("more") if e.reason == "StudyFinished"]
+    finished = studies.wait_events("more", lambda e: e.reason == "StudyFinished", "two StudyFinished Events", count=2)
     assert len(finished) == 2 and all(e.count in (None, 1) for e in finished), "one Event per transition"
     assert {e.source.component for e in studies.events("more")} == {"hpo-operator"}
 
