@@ -91,7 +91,7 @@ operator-down: ## Stop the operator started by operator-up
 checks: venv ## Lint and format-check (ruff), type-check (mypy strict) the operator and the trial runtime
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check --quiet . || { echo "ruff format: files above need formatting; run: .venv/bin/ruff format ."; exit 1; }
-	@$(VENV)/bin/mypy operator/src/hpo_operator trial-image/src/hpo_trial
+	@$(VENV)/bin/mypy operator/src/hpo_operator trial-image/src/hpo_trial cli/src/hpo_cli
 
 .PHONY: bench
 bench: operator-up ## Benchmarks against the Slurm-style baseline: a table, and .bench/latest.json (QUICK=1: ~20 min)

@@ -173,9 +173,7 @@ def _reason(trial: FrozenTrial) -> str:
     return ""
 
 
-def trial_rows(
-    trials: Iterable[FrozenTrial], where: Mapping[int, Placement], now: datetime.datetime
-) -> list[TrialRow]:
+def trial_rows(trials: Iterable[FrozenTrial], where: Mapping[int, Placement], now: datetime.datetime) -> list[TrialRow]:
     """One row per trial, in trial-number order: Optuna's view plus where each trial's last attempt ran."""
     rows = []
     for trial in sorted(trials, key=lambda t: t.number):
@@ -277,8 +275,19 @@ def render_csv(rows: Sequence[TrialRow]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     value_headers = ["value"] if width == 1 else [f"values_{i}" for i in range(width)]
     writer.writerow(
-        ["number", "state", *value_headers, *(f"params_{n}" for n in names), "attempts", "duration_seconds"]
-        + ["datetime_start", "datetime_complete", "pod", "node", "reason"]
+        [
+            "number",
+            "state",
+            *value_headers,
+            *(f"params_{n}" for n in names),
+            "attempts",
+            "duration_seconds",
+            "datetime_start",
+            "datetime_complete",
+            "pod",
+            "node",
+            "reason",
+        ]
     )
     for row in rows:
         values = list(row.values or ()) + [None] * (width - len(row.values or ()))
@@ -317,10 +326,7 @@ def study_row(study: Mapping[str, Any], now: datetime.datetime, namespaced: bool
     meta, status = study.get("metadata", {}), study.get("status") or {}
     trials = status.get("trials") or {}
     best = status.get("bestTrial") or {}
-    if status.get("paretoFront"):
-        best_text = f"pareto:{len(status['paretoFront'])}"
-    else:
-        best_text = rounded(best.get("value"))
+    best_text = f"pareto:{len(status['paretoFront'])}" if status.get("paretoFront") else rounded(best.get("value"))
     created = meta.get("creationTimestamp")
     age = "-"
     if created:
