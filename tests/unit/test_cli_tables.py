@@ -171,13 +171,17 @@ def test_json_and_csv_keep_full_precision() -> None:
 def test_best_is_the_best_trial_or_the_pareto_front() -> None:
     study = optuna.create_study(directions=["minimize", "minimize"])
     for values in ([1.0, 3.0], [2.0, 2.0], [3.0, 3.0], [0.5, 4.123456789012345]):
-        study.add_trial(create_trial(values=values, params={"x": values[0]}, distributions={"x": FloatDistribution(0, 9)}))
+        study.add_trial(
+            create_trial(values=values, params={"x": values[0]}, distributions={"x": FloatDistribution(0, 9)})
+        )
     front = best_document(study.directions, None, study.best_trials)
     assert isinstance(front, list)
     assert [t["number"] for t in front] == [0, 1, 3]
     assert front[2]["values"] == [0.5, 4.123456789012345]
     single = optuna.create_study()
-    single.add_trial(create_trial(value=0.1234567890123, params={"x": 1.5}, distributions={"x": FloatDistribution(0, 9)}))
+    single.add_trial(
+        create_trial(value=0.1234567890123, params={"x": 1.5}, distributions={"x": FloatDistribution(0, 9)})
+    )
     assert best_document(single.directions, single.best_trial, []) == {
         "number": 0,
         "value": 0.1234567890123,
