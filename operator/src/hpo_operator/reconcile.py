@@ -419,6 +419,7 @@ class StudyLoop:
             checkpoint=checkpoint,
             imported=imported,
             snapshot=previous.get("snapshot"),
+            sampler=spec.sampler.name.value,
         )
         pending = self.tasks(body, spec, facts, tasks, pods_of_tasks, previous)
         self.best_trials(spec, store, facts, previous)
