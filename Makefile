@@ -139,6 +139,7 @@ chart-verify: binaries ## Check the chart's crds/ holds exactly crds/, then helm
 	  for options in "" "--set mysql.enabled=false --set mysql.external.host=db --set mysql.external.adminSecret.name=db" \
 	    "--set rbac.scope=namespaced --set watchNamespaces={a,b}" "--set dashboard.enabled=true --set dashboard.study=a/b" \
 	    "--set networkPolicy.enabled=true --set namespace.create=true --set operator.replicas=2" \
-	    "--set metrics.serviceMonitor.enabled=true --api-versions monitoring.coreos.com/v1/ServiceMonitor"; do \
+	    "--set metrics.serviceMonitor.enabled=true --api-versions monitoring.coreos.com/v1/ServiceMonitor" \
+	    "--set metrics.grafanaDashboard.enabled=true"; do \
 	    $$helm template hpo $(CHART) $$options >/dev/null || { echo "helm template $$options failed"; exit 1; }; \
 	  done && echo "chart OK: crds/ in sync, lint clean, every option renders"

@@ -52,3 +52,22 @@ def test_deleting_a_study_removes_every_series_of_that_study_and_only_those() ->
     assert series("kept")["hpo_study_best_value"] == 1.5
     assert series("gone", namespace="other")["hpo_study_trials[complete]"] == 7
     metrics.forget_study("team", "never-seen")  # a study that never ran a pass: nothing to remove, no error
+
+
+def test_the_charts_grafana_dashboard_queries_only_the_per_study_metrics_the_operator_serves() -> None:
+    import json
+    import re
+
+    from tests.conftest import ROOT
+
+    dashboard = json.loads((ROOT / "charts" / "hpo-operator" / "dashboards" / "hpo-studies.json").read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    queries += [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    used = {re.sub(r"_(bucket|count|sum)$", "", name) for q in queries for name in re.findall(r"\bhpo_\w+", q)}
+    served = {
+        metrics.STUDY_TRIALS._name,
+        metrics.STUDY_BEST_VALUE._name,
+        metrics.STUDY_DISPATCH_LATENCY._name,
+    }
+    assert used == served, "every per-study metric on a panel, and nothing the operator does not serve"
+    assert all('namespace=~"$namespace"' in q for q in queries if "label_values(hpo_study_trials," not in q)
