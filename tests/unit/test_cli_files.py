@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import optuna
@@ -11,17 +10,9 @@ import pytest
 from hpo_cli import plots
 from hpo_cli.errors import CliError
 from hpo_cli.export import export_study
+from tests.helpers import png_size, png_title
 
 pytestmark = pytest.mark.unit
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    """Width and height from a PNG's IHDR chunk (raises if the file is not a PNG)."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
-    assert data[12:16] == b"IHDR"
-    width, height = struct.unpack(">II", data[16:24])
-    return int(width), int(height)
 
 
 @pytest.fixture
@@ -50,7 +41,7 @@ def test_a_png_is_optunas_figure_at_the_size_asked_with_the_trial_count_in_its_t
     target = tmp_path / f"{kind}.png"
     plots.plot(study, kind, target, 900, 500)
     assert png_size(target) == (900, 500)
-    assert plots.title(study, kind) == f"lr: {kind} (13 trials)"
+    assert png_title(target) == f"lr: {kind} (13 trials)"
 
 
 def test_an_html_file_is_the_plotly_figure_with_the_study_and_its_trial_count(

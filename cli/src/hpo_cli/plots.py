@@ -102,5 +102,5 @@ def _png(study: optuna.Study, kind: str, path: Path, width: int, height: int, kw
     dpi = 100
     figure.set_size_inches(width / dpi, height / dpi)
     figure.suptitle(title(study, kind))
-    figure.savefig(path, dpi=dpi, format="png")
+    figure.savefig(path, dpi=dpi, format="png", metadata={"Title": title(study, kind)})  # a tEXt chunk, for tools
     plt.close(figure)
