@@ -21,6 +21,7 @@ SAME = [
     ("FAIL_REASON_ATTR", contract.FAIL_REASON_ATTR),
     ("ATTEMPT_ATTR", contract.ATTEMPT_ATTR),
     ("TRIAL_CONTAINER", contract.TRIAL_CONTAINER),
+    ("PLACEMENT_ATTR", contract.PLACEMENT_ATTR),
 ]
 
 

@@ -110,6 +110,17 @@ def test_a_pod_not_yet_scheduled_keeps_its_name_and_no_node() -> None:
     assert placements("s", pods, [], LABELS) == {2: Placement(0, "s-2-0-abcde", "")}
 
 
+def test_where_a_trial_ran_is_what_its_pod_recorded_unless_a_later_attempt_is_known() -> None:
+    recorded = {names.PLACEMENT_ATTR: {"attempt": 1, "pod": "s-0-1-abcde", "node": "node-a"}}
+    trials = [_trial(0, TrialState.COMPLETE, 1.0, system_attrs=recorded), _trial(1, TrialState.COMPLETE, 2.0)]
+    rows = trial_rows(trials, {1: Placement(0, "s-1-0-zzzzz", "node-b")}, NOW)
+    assert [(r.pod, r.node) for r in rows] == [("s-0-1-abcde", "node-a"), ("s-1-0-zzzzz", "node-b")]
+    later = trial_rows(trials, {0: Placement(2, "s-0-2-fghij", "")}, NOW)  # a new attempt, not yet scheduled
+    assert (later[0].pod, later[0].node) == ("s-0-2-fghij", "")
+    same = trial_rows(trials, {0: Placement(1, "s-0-1-abcde", "")}, NOW)  # its live pod, not yet scheduled
+    assert same[0].node == "node-a"
+
+
 def test_trial_rows_say_state_values_attempts_duration_placement_and_reason() -> None:
     trials = [
         _trial(1, TrialState.FAIL, system_attrs={names.FAIL_REASON_ATTR: "OOMKilled", names.ATTEMPT_ATTR: 1}),

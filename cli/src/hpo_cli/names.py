@@ -7,7 +7,7 @@ runtime's contract itself.
 
 from __future__ import annotations
 
-from hpo_trial.contract import ATTEMPT_ATTR, FAIL_REASON_ATTR, TRIAL_CONTAINER
+from hpo_trial.contract import ATTEMPT_ATTR, FAIL_REASON_ATTR, PLACEMENT_ATTR, TRIAL_CONTAINER
 
 __all__ = [
     "ATTEMPT_ATTR",
@@ -15,6 +15,7 @@ __all__ = [
     "FAIL_REASON_ATTR",
     "GROUP",
     "OUTCOMES_ATTR",
+    "PLACEMENT_ATTR",
     "PLURAL",
     "READONLY_SECRET_SUFFIX",
     "SECRET_SUFFIX",

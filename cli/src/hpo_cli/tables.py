@@ -20,7 +20,7 @@ from typing import Any
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo_cli.names import ATTEMPT_ATTR, FAIL_REASON_ATTR, OUTCOMES_ATTR
+from hpo_cli.names import ATTEMPT_ATTR, FAIL_REASON_ATTR, OUTCOMES_ATTR, PLACEMENT_ATTR
 
 __all__ = [
     "Placement",
@@ -155,6 +155,14 @@ def placements(
     return found
 
 
+def _recorded(trial: FrozenTrial) -> Placement | None:
+    """Where the trial's last attempt ran, as its pod recorded it (``hpo:placement``), if it did."""
+    placement = trial.system_attrs.get(PLACEMENT_ATTR)
+    if not isinstance(placement, dict) or not placement.get("node"):
+        return None
+    return Placement(int(placement.get("attempt") or 0), str(placement.get("pod", "")), str(placement["node"]))
+
+
 def _attempts(trial: FrozenTrial) -> int | None:
     attempt = trial.system_attrs.get(ATTEMPT_ATTR)
     outcomes = trial.system_attrs.get(OUTCOMES_ATTR)
@@ -174,13 +182,18 @@ def _reason(trial: FrozenTrial) -> str:
 
 
 def trial_rows(trials: Iterable[FrozenTrial], where: Mapping[int, Placement], now: datetime.datetime) -> list[TrialRow]:
-    """One row per trial, in trial-number order: Optuna's view plus where each trial's last attempt ran."""
+    """One row per trial, in trial-number order: Optuna's view plus where each trial's last attempt ran.
+
+    Where it ran is what its pod recorded in Optuna (kept for ever), or else ``where`` (live pods and
+    recent scheduling Events), whichever names the later attempt.
+    """
     rows = []
     for trial in sorted(trials, key=lambda t: t.number):
         end = trial.datetime_complete or (now if trial.state is TrialState.RUNNING else None)
         start = trial.datetime_start
         duration = (end - start).total_seconds() if start is not None and end is not None else None
-        placement = where.get(trial.number)
+        found = [p for p in (_recorded(trial), where.get(trial.number)) if p is not None]
+        placement = max(found, key=lambda p: p.attempt) if found else None
         rows.append(
             TrialRow(
                 number=trial.number,
