@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hpo_cli import names
-from hpo_operator import contract, models, storage
+from hpo_operator import contract, database, models, storage
 
 pytestmark = pytest.mark.unit
 
@@ -22,6 +22,7 @@ SAME = [
     ("ATTEMPT_ATTR", contract.ATTEMPT_ATTR),
     ("TRIAL_CONTAINER", contract.TRIAL_CONTAINER),
     ("PLACEMENT_ATTR", contract.PLACEMENT_ATTR),
+    ("TLS_CA_KEY", database.TLS_CA_KEY),
 ]
 
 

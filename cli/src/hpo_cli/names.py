@@ -20,6 +20,7 @@ __all__ = [
     "READONLY_SECRET_SUFFIX",
     "SECRET_SUFFIX",
     "STUDY_LABEL",
+    "TLS_CA_KEY",
     "TRIAL_CONTAINER",
     "TRIAL_LABEL",
     "VERSION",
@@ -33,5 +34,7 @@ TRIAL_LABEL = f"{GROUP}/trial"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
 SECRET_SUFFIX = "-storage"
 READONLY_SECRET_SUFFIX = "-storage-readonly"
+TLS_CA_KEY = "ca.crt"
+"""Key of the storage Secret holding the database server's CA, for a study whose storage uses TLS."""
 OUTCOMES_ATTR = "hpo:outcomes"
 """Trial system attribute the operator keeps: each attempt's outcome (``succeeded``, ``preempted``, ...)."""

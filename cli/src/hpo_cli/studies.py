@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import re
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import optuna
@@ -34,6 +37,7 @@ from hpo_cli.names import (
     READONLY_SECRET_SUFFIX,
     SECRET_SUFFIX,
     STUDY_LABEL,
+    TLS_CA_KEY,
     TRIAL_LABEL,
     VERSION,
 )
@@ -132,6 +136,10 @@ class Cluster:
 
     def storage_url(self, study: Study) -> str:
         """The study's read-only storage URL (or the read-write one where no read-only Secret exists)."""
+        return self.storage_secret(study)["url"]
+
+    def storage_secret(self, study: Study) -> dict[str, str]:
+        """The keys of the study's read-only storage Secret (or the read-write one where no read-only one exists)."""
         for suffix in (READONLY_SECRET_SUFFIX, SECRET_SUFFIX):
             secret_name = f"{study.name}{suffix}"
             try:
@@ -146,10 +154,10 @@ class Cluster:
                         f"kubectl auth can-i get secret/{secret_name} -n {study.namespace})"
                     ) from None
                 raise _refused(error, f"get secret/{secret_name}", study.namespace) from None
-            data = secret.data or {}
+            data = {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
             if "url" not in data:
                 raise CliError(f'Secret "{secret_name}" in namespace "{study.namespace}" has no key "url"')
-            return base64.b64decode(data["url"]).decode()
+            return data
         raise CliError(
             f'study "{study.name}" has no storage Secret yet ({study.name}{READONLY_SECRET_SUFFIX} or '
             f"{study.name}{SECRET_SUFFIX}): its database is not provisioned; see kubectl describe hpostudy "
@@ -163,8 +171,16 @@ class Cluster:
             study: The study.
             address: ``host:port`` to use instead of the URL's (a tunnel of the caller's own).
         """
-        url = make_url(self.storage_url(study))
+        secret = self.storage_secret(study)
+        url = make_url(secret["url"])
         where = f"{url.host}:{url.port or 3306}"
+        ca_path = url.query.get("ssl_ca")
+        if isinstance(ca_path, str) and not Path(ca_path).exists():  # the path trial pods mount it at
+            if TLS_CA_KEY not in secret:
+                raise CliError(
+                    f"the study's database uses TLS with a CA at {ca_path}, and its Secret has no {TLS_CA_KEY}"
+                )
+            url = url.update_query_dict({"ssl_ca": self._local_file(secret[TLS_CA_KEY], ".crt")})
         if address:
             host, _, port = address.rpartition(":")
             url = url.set(host=host or address, port=int(port) if host and port else url.port)
@@ -185,6 +201,14 @@ class Cluster:
             raise CliError(
                 f'the database of study "{study.name}" holds no Optuna study "{study.optuna_name}" yet'
             ) from None
+
+    def _local_file(self, content: str, suffix: str) -> str:
+        """``content`` in a private temporary file that lives as long as this session."""
+        handle, name = tempfile.mkstemp(prefix="kubectl-hpo-", suffix=suffix)
+        with os.fdopen(handle, "w") as file:
+            file.write(content)
+        self._forwards.callback(Path(name).unlink, missing_ok=True)
+        return name
 
     def _port_forward(self, namespace: str, service: str, port: int) -> int:
         """``kubectl port-forward svc/<service> :<port>`` for this session; the local port it chose."""
