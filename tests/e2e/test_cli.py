@@ -196,6 +196,9 @@ def test_a_running_study_shows_its_running_trials_their_nodes_and_their_logs(
     followed = hpo("logs", "busy", str(rows[0]["number"]), "-n", ns, "-f").stdout  # ends with the trial's pod
     assert f"trial {rows[0]['number']} (id" in followed and "objectives:quadratic" in followed
     studies.wait_phase("busy", "Succeeded")
+    core = client.CoreV1Api(kube)
+    selector = f"hpo.dev/study=busy,hpo.dev/trial={rows[0]['number']}"
+    wait_for(lambda: not core.list_namespaced_pod(ns, label_selector=selector).items, 60, "the trial's pod to go")
     gone = hpo("logs", "busy", str(rows[0]["number"]), "-n", ns, check=False)
     assert gone.returncode == 1 and "has no pod" in gone.stderr, "a finished trial's pod is deleted: said so"
 
@@ -249,7 +252,7 @@ def test_the_dashboard_serves_the_study_on_localhost_through_its_read_only_user(
         def studies_listed() -> list[dict[str, Any]] | None:
             try:
                 with urllib.request.urlopen(f"{base}/api/studies", timeout=5) as response:
-                    return list(json.loads(response.read())["studies"])
+                    return list(json.loads(response.read())["study_summaries"])
             except OSError:
                 return None
 
