@@ -211,3 +211,9 @@ def test_a_study_row_rounds_the_best_value_and_names_a_pareto_front() -> None:
     body["status"] = {"phase": "Pending", "paretoFront": [{"number": 1}, {"number": 2}]}
     assert study_row(body, NOW.replace(tzinfo=datetime.UTC), namespaced=True)[0:2] == ["team", "q"]
     assert study_row(body, NOW.replace(tzinfo=datetime.UTC), namespaced=True)[5] == "pareto:2"
+
+
+def test_a_running_trials_duration_runs_to_now_whether_now_is_naive_or_aware() -> None:
+    running = _trial(0, TrialState.RUNNING)
+    aware = NOW.astimezone(datetime.UTC)  # the same instant, as an aware time
+    assert trial_rows([running], {}, aware)[0].duration == trial_rows([running], {}, NOW)[0].duration == 100

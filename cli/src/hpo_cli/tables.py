@@ -185,8 +185,11 @@ def trial_rows(trials: Iterable[FrozenTrial], where: Mapping[int, Placement], no
     """One row per trial, in trial-number order: Optuna's view plus where each trial's last attempt ran.
 
     Where it ran is what its pod recorded in Optuna (kept for ever), or else ``where`` (live pods and
-    recent scheduling Events), whichever names the later attempt.
+    recent scheduling Events), whichever names the later attempt. ``now`` ends a running trial's
+    duration; Optuna's times are naive (the writer's local time), so ``now`` should be too.
     """
+    if now.tzinfo is not None:
+        now = now.astimezone().replace(tzinfo=None)
     rows = []
     for trial in sorted(trials, key=lambda t: t.number):
         end = trial.datetime_complete or (now if trial.state is TrialState.RUNNING else None)
@@ -248,7 +251,7 @@ def trial_table(rows: Sequence[TrialRow], wide: bool = False) -> tuple[list[str]
             row.reason or "",
         ]
         if wide:
-            line[7:7] = [row.pod or "-", row.started.strftime("%Y-%m-%dT%H:%M:%SZ") if row.started else "-"]
+            line[7:7] = [row.pod or "-", row.started.strftime("%Y-%m-%dT%H:%M:%S") if row.started else "-"]
         cells.append(line)
     return headers, cells
 
