@@ -128,6 +128,11 @@ class Cluster:
                     dict[str, Any], self.objects.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
                 )
         except ApiException as error:
+            if error.status == 404:
+                raise CliError(
+                    f"this cluster serves no {PLURAL}.{GROUP} resource: hpo-operator's CRD is not installed "
+                    "(kubectl apply --server-side -f crds/)"
+                ) from None
             raise _refused(error, "list hpostudies", namespace) from None
         items = [dict(item) for item in found.get("items", [])]
         return sorted(items, key=lambda s: (s["metadata"].get("namespace", ""), s["metadata"]["name"]))
