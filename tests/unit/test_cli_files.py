@@ -82,3 +82,14 @@ def test_the_export_opens_with_optuna_and_has_the_same_trials(study: optuna.Stud
 def test_the_export_refuses_a_file_that_is_not_sqlite(study: optuna.Study, tmp_path: Path) -> None:
     with pytest.raises(CliError, match=r"name it \*\.db"):
         export_study(study._storage, "lr", tmp_path / "lr.json")
+
+
+def test_the_exported_file_is_readable_as_any_file_the_user_creates(study: optuna.Study, tmp_path: Path) -> None:
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        written = export_study(study._storage, "lr", tmp_path / "lr.db")
+    finally:
+        os.umask(umask)
+    assert written.path.stat().st_mode & 0o777 == 0o644

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import optuna
 import yaml
 from optuna.trial import TrialState
 
@@ -92,6 +93,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the output is ours; Optuna's INFO lines are noise here
     try:
         with cluster(args.context, args.kubeconfig) as session:
             run(session, args)

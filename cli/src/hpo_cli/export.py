@@ -6,6 +6,7 @@ optuna-dashboard and ``spec.importFrom`` read as it is.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from optuna.storages import BaseStorage
@@ -22,6 +23,10 @@ def export_study(storage: BaseStorage, study_name: str, path: Path) -> Snapshot:
     if path.suffix.lower() not in (".db", ".sqlite", ".sqlite3"):
         raise CliError(f"{path}: export writes an SQLite file; name it *.db")
     try:
-        return export(storage, study_name, path)
+        written = export(storage, study_name, path)
     except HpoTrialError as error:
         raise CliError(str(error)) from None
+    umask = os.umask(0)  # the file is made private while it is written; yours now, as any file you create
+    os.umask(umask)
+    written.path.chmod(0o666 & ~umask)
+    return written

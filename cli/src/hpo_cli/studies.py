@@ -194,6 +194,11 @@ class Cluster:
         try:
             return open_study_storage(url.render_as_string(hide_password=False))
         except StorageUnavailableError as error:
+            if address:
+                raise CliError(
+                    f'cannot reach study "{study.name}"\'s database through --db-address {address} ({error}): is '
+                    f"your tunnel to {where} up?"
+                ) from None
             raise CliError(_unreachable(study, where, str(error))) from None
         except HpoTrialError as error:
             raise CliError(f'cannot open study "{study.name}"\'s database: {error}') from None
