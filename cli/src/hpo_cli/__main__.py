@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
+import urllib3
 import yaml
 from optuna.trial import TrialState
 
@@ -99,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             run(session, args)
     except CliError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except urllib3.exceptions.HTTPError as error:  # the API server, not the database (that is a CliError)
+        reason = getattr(error, "reason", None) or error
+        print(f"error: cannot reach the Kubernetes API server of your kubeconfig: {reason}", file=sys.stderr)
         sys.exit(1)
     except BrokenPipeError:  # `kubectl hpo trials x | head`
         sys.exit(0)
