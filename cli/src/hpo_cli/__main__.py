@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from hpo_cli import dashboard, logs, plots
 from hpo_cli.errors import CliError
 from hpo_cli.export import export_study
-from hpo_cli.studies import Cluster, cluster
+from hpo_cli.studies import Cluster, Study, cluster
 from hpo_cli.tables import (
     best_document,
     dumps,
@@ -110,66 +110,72 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(session: Cluster, args: argparse.Namespace) -> None:
+    """Carry out one subcommand (``args.command``) as the caller."""
     namespace = args.namespace or session.default_namespace()
-    now = datetime.datetime.now(datetime.UTC)
     if args.command == "list":
-        everywhere = bool(args.all_namespaces)
-        found = session.studies(None if everywhere else namespace)
-        if not found:
-            where = "any namespace" if everywhere else f'namespace "{namespace}"'
-            print(f"No studies found in {where}.", file=sys.stderr)
-            return
-        headers = ["NAME", "PHASE", "TRIALS", "RUNNING", "BEST", "AGE"]
-        cells = [study_row(s, now, everywhere) for s in found]
-        sys.stdout.write(render_table((["NAMESPACE"] if everywhere else []) + headers, cells))
+        list_studies(session, namespace, bool(args.all_namespaces))
         return
     study = session.study(namespace, args.study)
     if args.command == "logs":
         logs.print_logs(session, study, args.trial, args.attempt, args.follow)
-        return
-    if args.command == "dashboard":
+    elif args.command == "dashboard":
         storage = session.storage(study, args.db_address)
         try:
             study_id = storage.get_study_id_from_name(study.optuna_name)
         except KeyError:
             raise CliError(f'the database of study "{study.name}" holds no Optuna study yet') from None
         dashboard.serve(storage, study_id, args.address, args.port)
-        return
-    if args.command == "export":
+    elif args.command == "export":
         written = export_study(session.storage(study, args.db_address), study.optuna_name, args.output)
         print(f"wrote {written.trials} trials ({written.finished} finished) of study {study.name} to {written.path}")
         print(f'open it with: optuna.load_study(study_name="{study.optuna_name}", storage="sqlite:///{written.path}")')
-        return
-    loaded = session.load(study, args.db_address)
-    if args.command == "trials":
-        try:
-            states = parse_states(args.state)
-        except ValueError as error:
-            raise CliError(str(error)) from None
-        chosen = loaded.get_trials(deepcopy=False, states=tuple(states) if states else None)
-        rows = sort_rows(trial_rows(chosen, session.placements(study), now), args.sort, loaded.directions)
-        if args.output == "json":
-            sys.stdout.write(dumps([trial_json(row) for row in rows]))
-        elif args.output == "csv":
-            sys.stdout.write(render_csv(rows))
-        else:
-            sys.stdout.write(render_table(*trial_table(rows, wide=args.output == "wide")))
+    elif args.command == "trials":
+        show_trials(session, study, session.load(study, args.db_address), args)
     elif args.command == "best":
-        multi = len(loaded.directions) > 1
-        complete = loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete:
-            raise CliError(f'study "{study.name}" has no COMPLETE trial yet')
-        document = best_document(
-            loaded.directions, None if multi else loaded.best_trial, loaded.best_trials if multi else []
-        )
-        if args.output == "json":
-            sys.stdout.write(dumps(document))
-        else:
-            sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
+        show_best(study, session.load(study, args.db_address), args.output)
     elif args.command == "plot":
+        loaded = session.load(study, args.db_address)
         path = args.output or Path(f"{study.name}-{args.kind}.html")
         plots.plot(loaded, args.kind, path, args.width, args.height, args.objective)
         print(f"wrote {path} ({args.kind} of {len(loaded.trials)} trials of study {study.name})")
+
+
+def list_studies(session: Cluster, namespace: str, everywhere: bool) -> None:
+    found = session.studies(None if everywhere else namespace)
+    if not found:
+        where = "any namespace" if everywhere else f'namespace "{namespace}"'
+        print(f"No studies found in {where}.", file=sys.stderr)
+        return
+    now = datetime.datetime.now(datetime.UTC)
+    headers = ["NAME", "PHASE", "TRIALS", "RUNNING", "BEST", "AGE"]
+    cells = [study_row(s, now, everywhere) for s in found]
+    sys.stdout.write(render_table((["NAMESPACE"] if everywhere else []) + headers, cells))
+
+
+def show_trials(session: Cluster, study: Study, loaded: optuna.Study, args: argparse.Namespace) -> None:
+    try:
+        states = parse_states(args.state)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    chosen = loaded.get_trials(deepcopy=False, states=tuple(states) if states else None)
+    now = datetime.datetime.now()  # Optuna's times are naive local times
+    rows = sort_rows(trial_rows(chosen, session.placements(study), now), args.sort, loaded.directions)
+    if args.output == "json":
+        sys.stdout.write(dumps([trial_json(row) for row in rows]))
+    elif args.output == "csv":
+        sys.stdout.write(render_csv(rows))
+    else:
+        sys.stdout.write(render_table(*trial_table(rows, wide=args.output == "wide")))
+
+
+def show_best(study: Study, loaded: optuna.Study, output: str) -> None:
+    multi = len(loaded.directions) > 1
+    if not loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise CliError(f'study "{study.name}" has no COMPLETE trial yet')
+    document = best_document(
+        loaded.directions, None if multi else loaded.best_trial, loaded.best_trials if multi else []
+    )
+    sys.stdout.write(dumps(document) if output == "json" else yaml.safe_dump(document, sort_keys=False))
 
 
 if __name__ == "__main__":
