@@ -141,9 +141,9 @@ def test_trial_rows_say_state_values_attempts_duration_placement_and_reason() ->
 
 @pytest.mark.parametrize(
     ("direction", "order"),
-    [(StudyDirection.MINIMIZE, [1, 0, 2, 3]), (StudyDirection.MAXIMIZE, [2, 0, 1, 3])],
+    [(StudyDirection.MINIMIZE, [1, 0, 2, 4, 3]), (StudyDirection.MAXIMIZE, [2, 0, 1, 4, 3])],
 )
-def test_sorting_by_value_puts_the_best_first_and_trials_without_a_value_last(
+def test_sorting_by_value_puts_the_best_complete_trials_first_and_trials_without_a_value_last(
     direction: StudyDirection, order: list[int]
 ) -> None:
     trials = [
@@ -151,10 +151,11 @@ def test_sorting_by_value_puts_the_best_first_and_trials_without_a_value_last(
         _trial(1, TrialState.COMPLETE, 0.1),
         _trial(2, TrialState.COMPLETE, 0.9),
         _trial(3, TrialState.FAIL),
+        _trial(4, TrialState.PRUNED, 0.05),  # its last intermediate value: not a result to rank first
     ]
     rows = trial_rows(trials, {}, NOW)
     assert [r.number for r in sort_rows(rows, "value", [direction])] == order
-    assert [r.number for r in sort_rows(rows, "number", [direction])] == [0, 1, 2, 3]
+    assert [r.number for r in sort_rows(rows, "number", [direction])] == [0, 1, 2, 3, 4]
 
 
 def test_the_table_is_aligned_as_kubectl_get_prints_it() -> None:

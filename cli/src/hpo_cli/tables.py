@@ -216,13 +216,22 @@ def trial_rows(trials: Iterable[FrozenTrial], where: Mapping[int, Placement], no
 
 
 def sort_rows(rows: Sequence[TrialRow], by: str, directions: Sequence[StudyDirection]) -> list[TrialRow]:
-    """Rows by ``number`` or by ``value`` (best first for the first objective; trials without a value last)."""
+    """Rows by ``number`` or by ``value``: COMPLETE trials best first (by the first objective), then the other
+    trials with a value (PRUNED ones keep their last intermediate value), then those without one."""
     if by == "number":
         return sorted(rows, key=lambda row: row.number)
     if by != "value":
         raise ValueError(f"cannot sort by {by!r}: choose number or value")
     sign = -1.0 if directions and directions[0] is StudyDirection.MAXIMIZE else 1.0
-    return sorted(rows, key=lambda row: (row.values is None, sign * row.values[0] if row.values else 0.0, row.number))
+    return sorted(
+        rows,
+        key=lambda row: (
+            row.values is None,
+            row.state != TrialState.COMPLETE.name,
+            sign * row.values[0] if row.values else 0.0,
+            row.number,
+        ),
+    )
 
 
 def _params_text(params: Mapping[str, Any]) -> str:
