@@ -285,5 +285,11 @@ def test_per_study_metrics_name_the_study_and_go_when_it_is_deleted(
     assert f"hpo_study_trials{{{state('waiting')}}} 0.0" in text
     assert f"hpo_study_best_value{{{labels}}} {float(study.best_value)!r}" in text
     assert f"hpo_study_dispatch_seconds_count{{{labels}}} 2.0" in text
+
+    def series_left() -> list[str]:
+        mine = (f'namespace="{studies.namespace}"', 'study="measured"')
+        return [line for line in scrape().splitlines() if all(label in line for label in mine)]
+
+    assert len(series_left()) > 5, "trials by state, best value and dispatch latency are all there before"
     studies.api.delete_namespaced_custom_object("hpo.dev", "v1alpha1", studies.namespace, "hpostudies", "measured")
-    wait_for(lambda: labels not in scrape(), 60, "the deleted study's series to leave /metrics")
+    wait_for(lambda: not series_left(), 60, "the deleted study's series to leave /metrics")
