@@ -139,10 +139,6 @@ class Cluster:
 
     # -- the study's database --------------------------------------------------------------------
 
-    def storage_url(self, study: Study) -> str:
-        """The study's read-only storage URL (or the read-write one where no read-only Secret exists)."""
-        return self.storage_secret(study)["url"]
-
     def storage_secret(self, study: Study) -> dict[str, str]:
         """The keys of the study's read-only storage Secret (or the read-write one where no read-only one exists)."""
         for suffix in (READONLY_SECRET_SUFFIX, SECRET_SUFFIX):
