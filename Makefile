@@ -10,23 +10,23 @@ PY := $(VENV)/bin/python
 export UV_CACHE_DIR ?= $(HOME)/.cache/uv
 # uv trusts the platform's certificate store, as pip, git and curl do (registries behind a site CA).
 export UV_SYSTEM_CERTS ?= 1
-REQUIREMENTS := trial-image/requirements.txt operator/requirements.txt tests/requirements.txt
+REQUIREMENTS := trial-image/requirements.txt operator/requirements.txt cli/requirements.txt tests/requirements.txt
 PYTEST_ARGS ?=
 
 .PHONY: help
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(VENV)/.installed: $(REQUIREMENTS) operator/pyproject.toml trial-image/pyproject.toml
+$(VENV)/.installed: $(REQUIREMENTS) operator/pyproject.toml trial-image/pyproject.toml cli/pyproject.toml
 	@echo "setting up $(VENV) (first time: downloads torch with its CUDA wheels, several GB)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q uv==$(UV_VERSION)
 	@$(VENV)/bin/uv pip install --python $(PY) $(addprefix -r ,$(REQUIREMENTS))
-	@$(VENV)/bin/uv pip install --python $(PY) --no-deps -e operator -e trial-image
+	@$(VENV)/bin/uv pip install --python $(PY) --no-deps -e operator -e trial-image -e cli
 	@touch $@
 
 .PHONY: venv
-venv: $(VENV)/.installed ## Create or update the virtual environment .venv
+venv: $(VENV)/.installed ## Create or update the virtual environment .venv (with the kubectl plugin .venv/bin/kubectl-hpo)
 
 .PHONY: debian-packages
 debian-packages: ## Install the Debian packages the testbed needs (MariaDB, runc, buildah, mmdebstrap, iptables), if missing
@@ -72,6 +72,7 @@ demo: operator-up ## The quickstart study end to end: testbed, operator, progres
 lock: venv ## Re-pin the requirement files from the pyproject files
 	@$(VENV)/bin/uv pip compile -q --python-version 3.11 --python-platform x86_64-manylinux_2_28 trial-image/pyproject.toml -o trial-image/requirements.txt
 	@$(VENV)/bin/uv pip compile -q --python-version 3.11 --python-platform x86_64-manylinux_2_28 operator/pyproject.toml -c trial-image/requirements.txt -o operator/requirements.txt
+	@$(VENV)/bin/uv pip compile -q --python-version 3.11 --python-platform x86_64-manylinux_2_28 cli/pyproject.toml -c trial-image/requirements.txt -c operator/requirements.txt --no-emit-package hpo-trial -o cli/requirements.txt
 	@$(VENV)/bin/uv pip compile -q --python-version 3.11 tests/testbed/dockerfiles/dashboard/requirements.in -c trial-image/requirements.txt -o tests/testbed/dockerfiles/dashboard/requirements.txt
 	@$(VENV)/bin/uv pip compile -q --python-version 3.11 tests/requirements.in -c trial-image/requirements.txt -c operator/requirements.txt -o tests/requirements.txt
 
@@ -88,10 +89,10 @@ operator-down: ## Stop the operator started by operator-up
 	@$(PY) -m tests.testbed operator-down
 
 .PHONY: checks
-checks: venv ## Lint and format-check (ruff), type-check (mypy strict) the operator and the trial runtime
+checks: venv ## Lint and format-check (ruff), type-check (mypy strict) the operator, the trial runtime and the CLI
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check --quiet . || { echo "ruff format: files above need formatting; run: .venv/bin/ruff format ."; exit 1; }
-	@$(VENV)/bin/mypy operator/src/hpo_operator trial-image/src/hpo_trial
+	@$(VENV)/bin/mypy operator/src/hpo_operator trial-image/src/hpo_trial cli/src/hpo_cli
 
 .PHONY: bench
 bench: operator-up ## Benchmarks against the Slurm-style baseline: a table, and .bench/latest.json (QUICK=1: ~20 min)
@@ -138,6 +139,7 @@ chart-verify: binaries ## Check the chart's crds/ holds exactly crds/, then helm
 	  for options in "" "--set mysql.enabled=false --set mysql.external.host=db --set mysql.external.adminSecret.name=db" \
 	    "--set rbac.scope=namespaced --set watchNamespaces={a,b}" "--set dashboard.enabled=true --set dashboard.study=a/b" \
 	    "--set networkPolicy.enabled=true --set namespace.create=true --set operator.replicas=2" \
-	    "--set metrics.serviceMonitor.enabled=true --api-versions monitoring.coreos.com/v1/ServiceMonitor"; do \
+	    "--set metrics.serviceMonitor.enabled=true --api-versions monitoring.coreos.com/v1/ServiceMonitor" \
+	    "--set metrics.grafanaDashboard.enabled=true"; do \
 	    $$helm template hpo $(CHART) $$options >/dev/null || { echo "helm template $$options failed"; exit 1; }; \
 	  done && echo "chart OK: crds/ in sync, lint clean, every option renders"

@@ -27,17 +27,45 @@ def kubectl(*args: str) -> str:
     return result.stdout
 
 
+# The widest value each column of `kubectl get hpostudies` takes (Best is rounded to 4 significant
+# digits, at most `-1.235e+06`), so that lines printed one at a time line up as one table would.
+WIDEST = {"PHASE": len("Succeeded"), "TRIALS": len("100/100"), "BEST": len("-1.235e+06"), "AGE": len("10m10s")}
+EXPLORE = """
+Explore the study with the kubectl plugin (`source .testbed/env` puts `kubectl` and `kubectl-hpo` on PATH):
+  kubectl hpo list                                      # phase, progress, best value, running, age
+  kubectl hpo trials quickstart --sort value            # one row per trial: state, value, params, node, reason
+  kubectl hpo best quickstart -o json                   # the best parameters at full precision
+  kubectl hpo plot quickstart --kind history -o quickstart.png
+  kubectl hpo export quickstart -o quickstart.db        # open offline with optuna.load_study
+  kubectl hpo logs quickstart 0                         # a trial pod's log (while its pod is kept)
+  kubectl hpo dashboard quickstart                      # optuna-dashboard on localhost, read-only"""
+
+
+def aligned(cells: list[str], widths: list[int]) -> str:
+    """One line of a table as `kubectl get` prints it: columns padded to ``widths``, three spaces apart."""
+    return "   ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
+
+def install_plugin() -> None:
+    """Put `kubectl-hpo` (installed in .venv by `make venv`) beside the testbed's kubectl, where kubectl finds it."""
+    link = layout.BIN / "kubectl-hpo"
+    if not link.exists() and (layout.VENV_BIN / "kubectl-hpo").exists():
+        link.symlink_to(layout.VENV_BIN / "kubectl-hpo")
+
+
 def main() -> None:
     print(kubectl("apply", "-f", str(QUICKSTART)), end="", flush=True)
     print("progress (kubectl get hpostudies quickstart):", flush=True)
-    shown, deadline = "", time.monotonic() + TIMEOUT
+    shown, deadline, widths = "", time.monotonic() + TIMEOUT, []
     while time.monotonic() < deadline:
         line = kubectl("get", "hpostudies", "quickstart", "--no-headers").strip()
         progress = line.rsplit(None, 1)[0]  # everything but AGE, which changes every second
         if progress != shown:
             if not shown:
-                print("  " + kubectl("get", "hpostudies", "quickstart").splitlines()[0], flush=True)
-            print("  " + line, flush=True)
+                headers = kubectl("get", "hpostudies", "quickstart").splitlines()[0].split()
+                widths = [max(len(h), len("quickstart") if h == "NAME" else WIDEST.get(h, 0)) for h in headers]
+                print("  " + aligned(headers, widths), flush=True)
+            print("  " + aligned(line.split(), widths), flush=True)
             shown = progress
         status = json.loads(kubectl("get", "hpostudies", "quickstart", "-o", "json")).get("status", {})
         if status.get("phase") in ("Succeeded", "Failed"):
@@ -51,9 +79,11 @@ def main() -> None:
         print(f"best value (val_loss): {best['value']}  (trial {best['number']})")
         for name, value in best["params"].items():
             print(f"  {name} = {value}")
+    install_plugin()
+    print(EXPLORE)
     print(
-        "\nEverything keeps running: `source .testbed/env`, then e.g. `kubectl get hpostudies`, "
-        "`kubectl describe hpostudy quickstart`, `kubectl logs -l hpo.dev/study=quickstart`.\n"
+        "\nEverything keeps running: `source .testbed/env`, then e.g. `kubectl get hpostudies -o wide`, "
+        "`kubectl describe hpostudy quickstart`.\n"
         "Stop it all with `make testbed-down`."
     )
 

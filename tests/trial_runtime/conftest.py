@@ -200,7 +200,8 @@ def start_trial(database: Database, tmp_path: Path) -> Iterator[RunTrial]:
         base = {key: value for key, value in os.environ.items() if not key.startswith("HPO_")}
         full_env = {
             **base,
-            "PYTHONPATH": str(HERE),
+            # The test objectives, then whatever this test process imports from (a worktree's own sources).
+            "PYTHONPATH": os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]),
             "HPO_STORAGE_URL": database.url,
             "HPO_ASSIGNMENT": json.dumps(assignment),
             "HPO_TERMINATION_LOG": str(termination_log),

@@ -17,7 +17,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from hpo_trial.contract import ATTEMPT_ATTR
+from hpo_trial.contract import ATTEMPT_ATTR, NODE_NAME_ENV, PLACEMENT_ATTR, POD_NAME_ENV
 from tests.trial_runtime.conftest import Database, OperatorSide, RunTrial
 from tests.trial_runtime.objectives import PRUNED_CURVE
 
@@ -295,3 +295,19 @@ def test_a_pod_suggests_a_parameter_the_operator_did_not_declare_whatever_its_sa
 
     assert run.wait() == 0, run.output
     assert operator.frozen(study, trial.number).state == TrialState.COMPLETE
+
+
+def test_the_pod_records_where_the_trial_ran_when_the_operator_names_pod_and_node(
+    operator: OperatorSide, start_trial: RunTrial
+) -> None:
+    study = operator.create_study()
+    placed, by_hand = operator.ask(study), operator.ask(study)
+    env = {NODE_NAME_ENV: "node-b", POD_NAME_ENV: f"s-{placed.number}-0-abcde"}
+
+    curve = "objectives:report_a_curve"
+    assert start_trial(operator.assignment(study, placed, attempt=0, objective=curve), env=env).wait() == 0
+    assert start_trial(operator.assignment(study, by_hand, objective=curve)).wait() == 0, "by hand: no Downward API"
+
+    recorded = operator.frozen(study, placed.number).system_attrs[PLACEMENT_ATTR]
+    assert recorded == {"attempt": 0, "pod": f"s-{placed.number}-0-abcde", "node": "node-b"}
+    assert PLACEMENT_ATTR not in operator.frozen(study, by_hand.number).system_attrs

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from hpo_operator import database, dispatch
+from hpo_operator import contract, database, dispatch
 from hpo_operator.outcomes import Outcome, classify, summarise
 from hpo_operator.validation import parse
 from tests.legacy_names import colliding_studies
@@ -73,6 +73,12 @@ def test_trial_pods_get_no_service_account_token_unless_the_template_asks() -> N
     assert build()["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     asked = build(trial={"template": {"spec": {"automountServiceAccountToken": True}}})
     assert asked["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+
+
+def test_trial_pods_learn_their_pod_and_node_names_to_record_where_the_trial_ran() -> None:
+    env = {e["name"]: e for e in build()["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env[contract.POD_NAME_ENV]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env[contract.NODE_NAME_ENV]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
 
 
 def test_trial_pods_of_a_tls_study_mount_the_servers_ca_from_the_storage_secret() -> None:

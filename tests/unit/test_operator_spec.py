@@ -100,8 +100,17 @@ def test_crd_schema_is_structural_and_the_committed_files_match_the_models() -> 
         assert not {"$ref", "anyOf", "allOf", "title"} & set(node), node
     committed = yaml.safe_load((ROOT / "crds" / "hpostudies.hpo.dev.yaml").read_text())
     assert committed == rendered, "crds/ is stale: run `make crds`"
-    columns = [c["name"] for c in rendered["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Trials", "Running", "Waiting", "Best", "Age"]
+    columns = rendered["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert [c["name"] for c in columns if not c.get("priority")] == [
+        "Phase",
+        "Trials",
+        "Running",
+        "Waiting",
+        "Best",
+        "Age",
+    ]
+    assert [c["name"] for c in columns if c.get("priority") == 1] == ["Sampler", "Parallelism", "Failed"], "-o wide"
+    assert next(c for c in columns if c["name"] == "Best")["jsonPath"] == ".status.bestValue", "rounded, a string"
 
 
 def _undescribed(node: Any, path: str) -> list[str]:

@@ -246,6 +246,7 @@ def test_the_status_written_is_the_status_model_and_only_what_was_observed() -> 
     assert patch["trials"] == {"running": 2, "waiting": 1, "complete": 1, "pruned": 0, "failed": 0}
     assert patch["progress"] == "1/4" and patch["parallelism"] == 3 and patch["startedAt"] == "2026-12-01T11:00:00Z"
     assert patch["bestTrial"] == {"number": 0, "params": {"x": 1}}, "an infinite value is left out, not written"
+    assert patch["bestValue"] == "inf"
     assert patch["runningTrials"] == [{"number": 2, "attempt": 1, "checkpointPath": "/ckpt/2", "checkpointStep": 5}]
     rejected = written(st.rejected("spec.budget.trials: required"))
     assert set(rejected) == {"phase", "message", "observedGeneration", "conditions"}, (
@@ -437,3 +438,27 @@ def test_each_transition_is_posted_once(
     case: str, old: dict[str, Any] | None, new: dict[str, Any], expected: list[st.Note]
 ) -> None:
     assert st.transitions(old, new) == expected
+
+
+@pytest.mark.parametrize(
+    ("facts", "best_value"),
+    [
+        ({"best": FinishedTrial(3, (0.18706903248075285,), {"x": 1})}, "0.1871"),
+        ({"best": FinishedTrial(3, (123456.789,), {})}, "1.235e+05"),
+        ({"best": FinishedTrial(3, (2.0,), {})}, "2"),
+        ({"pareto": [FinishedTrial(1, (0.1, 2.0), {}), FinishedTrial(4, (0.2, 1.0), {})]}, "pareto:2"),
+        ({}, None),
+    ],
+)
+def test_kubectl_get_shows_the_best_value_rounded_and_the_status_keeps_it_whole(
+    facts: dict[str, Any], best_value: str | None
+) -> None:
+    patch = written(st.decide(replace(BASE, counts=Counts(complete=5))), counts=Counts(complete=5), **facts)
+    assert patch.get("bestValue") == best_value
+    if "best" in facts:
+        assert patch["bestTrial"]["value"] == facts["best"].values[0], "the full value stays in bestTrial"
+
+
+def test_the_sampler_in_force_is_written_for_kubectl_get_wide() -> None:
+    patch = written(st.decide(replace(BASE, counts=Counts(complete=1))), counts=Counts(complete=1), sampler="tpe")
+    assert patch["sampler"] == "tpe"

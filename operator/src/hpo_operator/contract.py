@@ -27,6 +27,12 @@ ATTEMPT_ATTR = "hpo:attempt"
 """Trial system attribute: the attempt that may report the trial's outcome (the fence; see `storage.fence`)."""
 CHECKPOINT_ATTR = "checkpoint"
 """Trial user attribute the runtime sets at every checkpoint: ``{"path": ..., "step": ...}``."""
+PLACEMENT_ATTR = "hpo:placement"
+"""Trial system attribute the runtime sets as an attempt starts: ``{"attempt": n, "pod": ..., "node": ...}``
+(a trial's pods are deleted once it ends; this says where it ran, for ``kubectl hpo trials``)."""
+POD_NAME_ENV = "HPO_POD_NAME"
+NODE_NAME_ENV = "HPO_NODE_NAME"
+"""The trial pod's name and node, from the Downward API, for :data:`PLACEMENT_ATTR`."""
 
 EXIT_FINISHED = 0
 EXIT_OBJECTIVE_FAILED = 1

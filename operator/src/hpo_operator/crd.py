@@ -36,8 +36,17 @@ PRINTER_COLUMNS = [
         "jsonPath": ".status.trials.waiting",
         "description": "dispatched trials whose pod has not started",
     },
-    {"name": "Best", "type": "number", "jsonPath": ".status.bestTrial.value"},
+    {
+        "name": "Best",
+        "type": "string",
+        "jsonPath": ".status.bestValue",
+        "description": "the best value to 4 significant digits (full value: .status.bestTrial.value)",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # -o wide
+    {"name": "Sampler", "type": "string", "jsonPath": ".status.sampler", "priority": 1},
+    {"name": "Parallelism", "type": "integer", "jsonPath": ".status.parallelism", "priority": 1},
+    {"name": "Failed", "type": "integer", "jsonPath": ".status.trials.failed", "priority": 1},
 ]
 
 

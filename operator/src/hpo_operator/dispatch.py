@@ -16,6 +16,8 @@ from typing import Any
 
 from hpo_operator.contract import (
     ASSIGNMENT_ENV,
+    NODE_NAME_ENV,
+    POD_NAME_ENV,
     PROTOCOL,
     QUICK_SCAN_ENV,
     STORAGE_URL_ENV,
@@ -147,6 +149,8 @@ def build_job(
     ours: list[dict[str, Any]] = [
         {"name": ASSIGNMENT_ENV, "value": json.dumps(trial_assignment, separators=(",", ":"))},
         {"name": STORAGE_URL_ENV, "valueFrom": {"secretKeyRef": {"name": ref.storage_secret, "key": "url"}}},
+        {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": NODE_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
     ]
     if spec.trial.quick_scan:
         ours.append({"name": QUICK_SCAN_ENV, "value": "1"})

@@ -159,6 +159,7 @@ def delete_study(
     assert namespace is not None
     if (loop := memo.get("loop")) is not None:
         loop.close()
+    metrics.forget_study(namespace, name)
     parsed, _problems = validation.parse(dict(spec))
     if parsed is None or not SETTINGS.serves(namespace) or parsed.storage.deletion_policy is not DeletionPolicy.DELETE:
         logger.info(f"study {namespace}/{name} deleted; its database, if any, was kept")

@@ -457,6 +457,12 @@ class HpoStudyStatus(Model):
         "and the operator's HPO_MAX_PARALLELISM.",
     )
     best_trial: BestTrial | None = Field(default=None, description="Single-objective: the best COMPLETE trial.")
+    best_value: str | None = Field(
+        default=None,
+        description="For kubectl get: bestTrial.value to 4 significant digits (the full value is in bestTrial), "
+        "or pareto:<n> for a multi-objective study's front of n trials.",
+    )
+    sampler: str | None = Field(default=None, description="The sampler in force (spec.sampler.name or its default).")
     pareto_front: list[BestTrial] = Field(default=[], description="Multi-objective: the best trials, bounded.")
     running_trials: list[RunningTrial] = Field(default=[], description="Unfinished trials and their checkpoints.")
     checkpoint: StudyCheckpoint | None = Field(default=None, description="The study's last progress record.")

@@ -419,16 +419,22 @@ class StudyLoop:
             checkpoint=checkpoint,
             imported=imported,
             snapshot=previous.get("snapshot"),
+            sampler=spec.sampler.name.value,
         )
         pending = self.tasks(body, spec, facts, tasks, pods_of_tasks, previous)
         self.best_trials(spec, store, facts, previous)
-        for state, count in (
-            ("complete", counts.complete),
-            ("pruned", counts.pruned),
-            ("failed", counts.failed),
-            ("running", counts.running),
-        ):
-            metrics.STUDY_TRIALS.labels(self.namespace, self.name, state).set(count)
+        metrics.record_study(
+            self.namespace,
+            self.name,
+            {
+                "complete": counts.complete,
+                "pruned": counts.pruned,
+                "failed": counts.failed,
+                "running": max(0, counts.running - len(waiting)),  # as status.trials counts them
+                "waiting": len(waiting),
+            },
+            facts.best.values[0] if facts.best is not None else None,  # single-objective studies only
+        )
         self.previous_running = numbers
         self.write(study, previous, facts)
         if verdict.phase.value in TERMINAL and not (numbers or live or pending) and _finished(verdict):
@@ -515,7 +521,7 @@ class StudyLoop:
         declared = search.distributions(spec)
         started: list[int] = []
         for _ in range(count):
-            with metrics.DISPATCH_LATENCY.time():
+            with metrics.dispatch_timer(self.namespace, self.name):
                 try:
                     trial = store.ask(spec, declared)
                 except DATABASE_ERRORS:

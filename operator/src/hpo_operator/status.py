@@ -317,10 +317,16 @@ class Facts:
     started_at: str | None = None
     imported: ImportedCounts | None = None
     snapshot: dict[str, Any] | None = None
+    sampler: str | None = None
 
 
 def _number(value: float) -> float | None:
     return value if math.isfinite(value) else None  # JSON has no inf/NaN
+
+
+def rounded(value: float) -> str:
+    """A value for `kubectl get`'s Best column: 4 significant digits (printer columns cannot round)."""
+    return f"{value:.4g}"
 
 
 def _trial(trial: FinishedTrial, multi: bool) -> dict[str, Any]:
@@ -349,6 +355,7 @@ def render(facts: Facts, old_conditions: list[dict[str, Any]]) -> dict[str, Any]
         "startedAt": facts.started_at,
         "checkpoint": facts.checkpoint,
         "snapshot": facts.snapshot,
+        "sampler": facts.sampler,
     }
     if counts is not None:
         fields["progress"] = f"{counts.finished}/{facts.total}"
@@ -375,8 +382,10 @@ def render(facts: Facts, old_conditions: list[dict[str, Any]]) -> dict[str, Any]
         fields["progress"] = None
     if facts.best is not None:
         fields["bestTrial"] = _trial(facts.best, multi=False)
+        fields["bestValue"] = rounded(facts.best.values[0])
     if facts.pareto:
         fields["paretoFront"] = [_trial(t, multi=True) for t in facts.pareto[:PARETO_LIMIT]]
+        fields["bestValue"] = f"pareto:{len(facts.pareto)}"
     status = HpoStudyStatus.model_validate({k: v for k, v in fields.items() if v is not None})
     return status.model_dump(by_alias=True, exclude_none=True, exclude_unset=True, mode="json")
 

@@ -26,7 +26,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo_trial.assignment import ComponentSpec, TrialRef
-from hpo_trial.contract import ATTEMPT_ATTR, FAIL_REASON_ATTR
+from hpo_trial.contract import ATTEMPT_ATTR, FAIL_REASON_ATTR, PLACEMENT_ATTR
 from hpo_trial.errors import ConfigurationError, StorageUnavailableError, SupersededError
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "mysql_error_code",
     "open_storage",
     "raise_if_connection_error",
+    "record_placement",
     "storage_error_reason",
     "tell",
 ]
@@ -316,6 +317,20 @@ def check_attempt(storage: RDBStorage, ref: TrialRef, attempt: int | None) -> No
     current = json.loads(stored) if stored is not None else None
     if current is not None and current != attempt:
         raise _superseded(ref, attempt, current)
+
+
+def record_placement(storage: RDBStorage, ref: TrialRef, attempt: int | None, pod: str, node: str) -> None:
+    """Record where this attempt runs (``hpo:placement``): its pod and node, kept after both are gone.
+
+    Best effort: where it ran is for people (``kubectl hpo trials``), never a reason to fail the
+    trial; a lost database is still raised, as everywhere else.
+    """
+    placement: dict[str, int | str] = {"attempt": attempt or 0, "pod": pod, "node": node}
+    try:
+        storage.set_trial_system_attr(ref.id, PLACEMENT_ATTR, placement)
+    except Exception as error:
+        raise_if_connection_error(error)
+        _logger.warning("could not record trial %d's placement: %s", ref.number, storage_error_reason(error))
 
 
 @contextlib.contextmanager

@@ -23,7 +23,10 @@ __all__ = [
     "FAIL_REASON_ATTR",
     "IMPORTED_ATTR",
     "IMPORT_URL_ENV",
+    "NODE_NAME_ENV",
     "OBJECTIVE_ENV",
+    "PLACEMENT_ATTR",
+    "POD_NAME_ENV",
     "PROTOCOL_VERSION",
     "QUICK_SCAN_ENV",
     "RERUN_OF_ATTR",
@@ -57,6 +60,11 @@ RERUN_OF_ATTR = "hpo:rerun_of"
 """The system attribute of a trial queued to re-run an imported unfinished one: the same JSON as ``hpo:imported``."""
 CHECKPOINT_ATTR = "checkpoint"
 """The trial user attribute holding ``{"path": <latest checkpoint file>, "step": <its step>}``."""
+PLACEMENT_ATTR = "hpo:placement"
+"""The trial system attribute the runtime sets as an attempt starts: ``{"attempt": n, "pod": ..., "node": ...}``."""
+POD_NAME_ENV = "HPO_POD_NAME"
+NODE_NAME_ENV = "HPO_NODE_NAME"
+"""The pod's name and node, which the operator passes through the Downward API."""
 
 EXIT_FINISHED = 0
 EXIT_OBJECTIVE_FAILED = 1

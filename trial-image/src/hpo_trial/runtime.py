@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo_trial import attach
 from hpo_trial.assignment import Assignment, identify_trial, parse_assignment
 from hpo_trial.checkpoint import checkpoint_directory, latest_step
-from hpo_trial.contract import CHECKPOINT_ROOT_ENV, FAIL_REASON_ATTR, QUICK_SCAN_ENV
+from hpo_trial.contract import CHECKPOINT_ROOT_ENV, FAIL_REASON_ATTR, NODE_NAME_ENV, POD_NAME_ENV, QUICK_SCAN_ENV
 from hpo_trial.errors import ConfigurationError, HpoTrialError, ObjectiveError, StorageUnavailableError
 from hpo_trial.heartbeat import Heartbeat
 from hpo_trial.interrupt import Interrupted, SignalGuard
@@ -119,6 +119,8 @@ def _run_assigned(storage: RDBStorage, assignment: Assignment, settings: Setting
     attach.check_attempt(storage, ref, assignment.attempt)
     if stored.state != TrialState.RUNNING:
         raise ConfigurationError(f"trial {ref.number} is {stored.state.name}, not RUNNING: the operator did not ask it")
+    if node := os.environ.get(NODE_NAME_ENV):  # set by the operator's Job (Downward API); absent when run by hand
+        attach.record_placement(storage, ref, assignment.attempt, os.environ.get(POD_NAME_ENV, ""), node)
     _logger.info(
         "study %r trial %d (id %d): objective %s, sampler %s, pruner %s, assigned parameters %s",
         ref.study,

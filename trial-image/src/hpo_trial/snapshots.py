@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial
 from hpo_trial.bulk import CHUNK_TRIALS, TrialCopy, chunks, database_errors, write_trials
 from hpo_trial.errors import ConfigurationError
 
-__all__ = ["Snapshot", "snapshot"]
+__all__ = ["Snapshot", "export", "snapshot"]
 
 _logger = logging.getLogger(__name__)
 
@@ -72,6 +72,51 @@ def snapshot(storage: BaseStorage, study_name: str, directory: str | os.PathLike
     """
     if keep < 1:
         raise ConfigurationError(f"keep must be at least 1, not {keep}")
+    folder = Path(directory)
+    stem = _file_stem(study_name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigurationError(f"cannot write snapshots to {folder}: {error.strerror}") from None
+    taken = export(
+        storage,
+        study_name,
+        folder / f".{stem}.db",
+        name_file=lambda s: f"{stem}-{s.finished}-{s.taken_at:%Y%m%dT%H%M%S.%fZ}.db",
+    )
+    for old in _snapshots(folder, stem)[keep:]:
+        old.unlink(missing_ok=True)
+        _logger.info("removed the older snapshot %s", old)
+    return taken
+
+
+def export(
+    storage: BaseStorage,
+    study_name: str,
+    path: str | os.PathLike[str],
+    name_file: Callable[[Snapshot], str] | None = None,
+) -> Snapshot:
+    """Export a study to the SQLite file ``path``, atomically: the code path of snapshots and of ``kubectl hpo export``.
+
+    The file is an Optuna storage made by ``RDBStorage`` (Optuna's own schema) holding one study of
+    the same name, directions, study attributes and trials, every trial as it is (RUNNING ones
+    too). It is written under a temporary name in the same directory and renamed when complete, so
+    a reader never sees half a file; an existing file at ``path`` is replaced.
+
+    Args:
+        storage: The study's storage (a read-only user suffices).
+        study_name: The study.
+        path: The file to write.
+        name_file: Names the file, in ``path``'s directory, from what was read (snapshots put the
+            finished trials and the time in the name); ``path``'s own name when None.
+
+    Returns:
+        What was written.
+
+    Raises:
+        ConfigurationError: No such study, or the file cannot be written.
+        StorageUnavailableError: The study's database was lost.
+    """
     with database_errors("the study's database"):
         try:
             study_id = storage.get_study_id_from_name(study_name)
@@ -82,28 +127,26 @@ def snapshot(storage: BaseStorage, study_name: str, directory: str | os.PathLike
         system_attrs = storage.get_study_system_attrs(study_id)
         taken_at = datetime.datetime.now(datetime.UTC)
         trials = sorted(storage.get_all_trials(study_id, deepcopy=False), key=lambda trial: trial.number)
+    target = Path(path)
+    folder = target.parent
     finished = sum(trial.state.is_finished() for trial in trials)
-    folder = Path(directory)
-    stem = _file_stem(study_name)
-    final = folder / f"{stem}-{finished}-{taken_at:%Y%m%dT%H%M%S.%fZ}.db"
+    written = Snapshot(target, taken_at, len(trials), finished)
+    if name_file is not None:
+        written = Snapshot(folder / name_file(written), taken_at, len(trials), finished)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{stem}-", suffix=".db.partial")
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{_file_stem(study_name)}-", suffix=".db.partial")
         os.close(handle)
     except OSError as error:
-        raise ConfigurationError(f"cannot write snapshots to {folder}: {error.strerror}") from None
+        raise ConfigurationError(f"cannot write to {folder}: {error.strerror}") from None
     try:
         _write_sqlite(Path(temporary), study_name, directions, user_attrs, system_attrs, trials)
-        os.replace(temporary, final)
+        os.replace(temporary, written.path)
         _fsync_directory(folder)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _logger.info("snapshot of %d trials written to %s", len(trials), final)
-    for old in _snapshots(folder, stem)[keep:]:
-        old.unlink(missing_ok=True)
-        _logger.info("removed the older snapshot %s", old)
-    return Snapshot(final, taken_at, len(trials), finished)
+    _logger.info("%d trials of study %s written to %s", len(trials), study_name, written.path)
+    return written
 
 
 def _write_sqlite(
