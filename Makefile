@@ -70,7 +70,7 @@ demo: operator-up ## The quickstart study end to end: testbed, operator, progres
 
 .PHONY: lock
 lock: venv ## Re-pin the requirement files from the pyproject files
-	@$(VENV)/bin/uv pip compile -q --python-version 3.11 --python-platform x86_64-manylinux_2_28 trial-image/pyproject.toml -o trial-image/requirements.txt
+	@$(VENV)/bin/uv pip compile -q --python-version 3.11 --python-platform x86_64-manylinux_2_28 trial-image/pyproject.toml --all-extras -o trial-image/requirements.txt
 	@$(VENV)/bin/uv pip compile -q --python-version 3.11 --python-platform x86_64-manylinux_2_28 operator/pyproject.toml -c trial-image/requirements.txt -o operator/requirements.txt
 	@$(VENV)/bin/uv pip compile -q --python-version 3.11 --python-platform x86_64-manylinux_2_28 cli/pyproject.toml -c trial-image/requirements.txt -c operator/requirements.txt --no-emit-package hpo-trial -o cli/requirements.txt
 	@$(VENV)/bin/uv pip compile -q --python-version 3.11 tests/testbed/dockerfiles/dashboard/requirements.in -c trial-image/requirements.txt -o tests/testbed/dockerfiles/dashboard/requirements.txt
