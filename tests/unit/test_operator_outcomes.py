@@ -18,6 +18,7 @@ from hpo_operator.outcomes import (
     Waiting,
     decide,
     holds_slot,
+    jobs_to_delete,
     summarise,
     summarise_job,
 )
@@ -377,3 +378,58 @@ def test_a_job_body_says_whether_a_queue_holds_it() -> None:
     )
     assert (job.trial, job.attempt, job.suspended, job.resumed_at) == (3, 1, False, ago(60))
     assert summarise_job({"metadata": {"name": "j"}, "spec": {"suspend": True}}).suspended
+
+
+def trial_job(trial: int, failed: bool = False, attempt: int = 0) -> JobSummary:
+    return JobSummary(f"s-{trial}-{attempt}", trial=trial, attempt=attempt, created=ago(100 - trial), failed=failed)
+
+
+def trial_pod(trial: int, phase: str, attempt: int = 0) -> PodSummary:
+    return PodSummary(f"s-{trial}-{attempt}-x", trial=trial, attempt=attempt, phase=phase, created=ago(100 - trial))
+
+
+CLEAN_UP: list[tuple[str, list[JobSummary], list[PodSummary], set[int], set[int], int, list[str]]] = [
+    ("a succeeded trial's Job goes", [trial_job(1)], [trial_pod(1, "Succeeded")], set(), set(), 3, ["s-1-0"]),
+    ("a running trial's Job stays", [trial_job(1)], [trial_pod(1, "Running")], {1}, set(), 3, []),
+    ("a trial whose pod still stops keeps its Job", [trial_job(1)], [], set(), {1}, 3, []),
+    ("a Job marked Failed is kept", [trial_job(1, failed=True)], [], set(), set(), 3, []),
+    (
+        "a pod that ended Failed keeps its Job before the Job controller marks it",
+        [trial_job(1), trial_job(2)],
+        [trial_pod(1, "Failed"), trial_pod(2, "Succeeded")],
+        set(),
+        set(),
+        3,
+        ["s-2-0"],
+    ),
+    (
+        "only the newest failed attempts are kept",
+        [trial_job(n, failed=True) for n in range(5)],
+        [],
+        set(),
+        set(),
+        2,
+        ["s-0-0", "s-1-0", "s-2-0"],
+    ),
+    ("none kept when the operator keeps none", [trial_job(1, failed=True)], [], set(), set(), 0, ["s-1-0"]),
+    (
+        "a failed earlier attempt's pod does not keep the next attempt's Job",
+        [trial_job(1, attempt=1)],
+        [trial_pod(1, "Failed", attempt=0), trial_pod(1, "Succeeded", attempt=1)],
+        set(),
+        set(),
+        3,
+        ["s-1-1"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("jobs", "pods", "running", "live", "keep", "expected"),
+    [case[1:] for case in CLEAN_UP],
+    ids=[case[0] for case in CLEAN_UP],
+)
+def test_jobs_of_finished_trials_go_but_the_newest_failed_attempts_stay(
+    jobs: list[JobSummary], pods: list[PodSummary], running: set[int], live: set[int], keep: int, expected: list[str]
+) -> None:
+    assert jobs_to_delete(jobs, pods, running, live, keep) == expected

@@ -486,3 +486,20 @@ def _after_database_outage(
         record=Outcome.DATABASE_UNAVAILABLE,
         delete_job=True,
     )
+
+
+def jobs_to_delete(
+    jobs: list[JobSummary], pods: list[PodSummary], running: set[int], live: set[int], keep_failed: int
+) -> list[str]:
+    """The Jobs of finished trials to delete, all but the ``keep_failed`` newest failed attempts.
+
+    A finished attempt failed when its pod ended Failed, whether or not the Job controller has
+    marked the Job Failed yet (a real one does so a moment after the pod ends, and a Job judged by
+    its condition alone was deleted before it was kept). Kept, its pod and log stay for
+    `kubectl logs` and `kubectl hpo logs`.
+    """
+    failed_pods = {(p.trial, p.attempt) for p in pods if p.phase == "Failed"}
+    done = [j for j in jobs if j.trial not in running and j.trial not in live]
+    failed = sorted((j for j in done if j.failed or (j.trial, j.attempt) in failed_pods), key=lambda j: j.created)
+    keep = {j.name for j in failed[-keep_failed:]} if keep_failed > 0 else set()
+    return [j.name for j in done if j.name not in keep]

@@ -378,7 +378,7 @@ class StudyLoop:
             blocked = (st.REASON_SAMPLER_ERROR, sampler_error) if sampler_error else None
         if self.refused:
             blocked = (st.REASON_JOB_REFUSED, self.refused)
-        self.clean_up(jobs, set(decisions), live)  # after dispatch: a freed slot waits for nothing
+        self.clean_up(jobs, pods, set(decisions), live)  # after dispatch: a freed slot waits for nothing
 
         counts = store.counts()
         running = store.running()
@@ -538,14 +538,10 @@ class StudyLoop:
             self.event("TrialStarted", f"trial {trial.number}: {trial.params}")
         return started, ""
 
-    def clean_up(self, jobs: list[JobSummary], running: set[int], live: set[int]) -> None:
+    def clean_up(self, jobs: list[JobSummary], pods: list[PodSummary], running: set[int], live: set[int]) -> None:
         """Delete Jobs of finished trials once their pods ended; keep the last few failed attempts."""
-        done = [j for j in jobs if j.trial not in running and j.trial not in live]
-        failed = sorted((j for j in done if j.failed), key=lambda j: j.created)
-        keep = {j.name for j in failed[-self.settings.kept_failed_jobs :]} if self.settings.kept_failed_jobs else set()
-        for job in done:
-            if job.name not in keep:
-                kube.delete_job(self.namespace, job.name)
+        for name in outcomes.jobs_to_delete(jobs, pods, running, live, self.settings.kept_failed_jobs):
+            kube.delete_job(self.namespace, name)
 
     # -- writing -----------------------------------------------------------------------------------
 
