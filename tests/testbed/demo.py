@@ -6,6 +6,7 @@ Leaves the testbed, the operator and the study running so the user can look arou
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -46,6 +47,18 @@ def aligned(cells: list[str], widths: list[int]) -> str:
     return "   ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
 
 
+def columns(table: str) -> tuple[list[str], list[str]]:
+    """The headers and the first row of `kubectl get` output, cut where the headers start.
+
+    A column with no value yet (no best value while the first trials run) is blank in kubectl's
+    output, so splitting the row on spaces would shift every column after it.
+    """
+    header, row = table.splitlines()[:2]
+    starts = [match.start() for match in re.finditer(r"\S+", header)]
+    ends = [*starts[1:], None]
+    return header.split(), [row[start:end].strip() for start, end in zip(starts, ends, strict=True)]
+
+
 def install_plugin() -> None:
     """Put `kubectl-hpo` (installed in .venv by `make venv`) beside the testbed's kubectl, where kubectl finds it."""
     link = layout.BIN / "kubectl-hpo"
@@ -56,17 +69,16 @@ def install_plugin() -> None:
 def main() -> None:
     print(kubectl("apply", "-f", str(QUICKSTART)), end="", flush=True)
     print("progress (kubectl get hpostudies quickstart):", flush=True)
-    shown, deadline, widths = "", time.monotonic() + TIMEOUT, []
+    shown: list[str] = []
+    deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        line = kubectl("get", "hpostudies", "quickstart", "--no-headers").strip()
-        progress = line.rsplit(None, 1)[0]  # everything but AGE, which changes every second
-        if progress != shown:
+        headers, cells = columns(kubectl("get", "hpostudies", "quickstart"))
+        if cells[:-1] != shown:  # everything but AGE, which changes every second
+            widths = [max(len(h), len("quickstart") if h == "NAME" else WIDEST.get(h, 0)) for h in headers]
             if not shown:
-                headers = kubectl("get", "hpostudies", "quickstart").splitlines()[0].split()
-                widths = [max(len(h), len("quickstart") if h == "NAME" else WIDEST.get(h, 0)) for h in headers]
                 print("  " + aligned(headers, widths), flush=True)
-            print("  " + aligned(line.split(), widths), flush=True)
-            shown = progress
+            print("  " + aligned(cells, widths), flush=True)
+            shown = cells[:-1]
         status = json.loads(kubectl("get", "hpostudies", "quickstart", "-o", "json")).get("status", {})
         if status.get("phase") in ("Succeeded", "Failed"):
             break

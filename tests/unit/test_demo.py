@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.testbed.demo import WIDEST, aligned
+from tests.testbed.demo import WIDEST, aligned, columns
 
 pytestmark = pytest.mark.unit
 
@@ -21,3 +21,20 @@ def test_progress_lines_printed_apart_share_the_headers_columns() -> None:
     for column in ("PHASE", "TRIALS", "BEST", "AGE"):
         start = lines[0].index(column)
         assert all(line[start - 3 : start] == "   " and line[start] != " " for line in lines), (column, lines)
+
+
+def test_a_blank_column_of_kubectl_get_stays_in_its_place() -> None:
+    table = (
+        "NAME         PHASE     TRIALS   RUNNING   WAITING   BEST     AGE\n"
+        "quickstart   Running   0/8      2         0                  4s\n"
+    )
+    headers, cells = columns(table)
+    assert dict(zip(headers, cells, strict=True)) == {
+        "NAME": "quickstart",
+        "PHASE": "Running",
+        "TRIALS": "0/8",
+        "RUNNING": "2",
+        "WAITING": "0",
+        "BEST": "",
+        "AGE": "4s",
+    }
