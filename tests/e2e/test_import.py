@@ -12,7 +12,7 @@ import base64
 import os
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,22 @@ def copy_onto_claim(
     core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
 
 
+SlurmClaim = Callable[[list[Path]], None]
+
+
+@pytest.fixture
+def slurm_claim(
+    kube: client.ApiClient, kubectl: KubectlRunner, testbed_env: dict[str, str], namespace: str
+) -> SlurmClaim:
+    """Put files on a new claim `slurm` of the test's namespace, as the README tells users to."""
+
+    def fill(files: list[Path]) -> None:
+        make_claim(kube, namespace, "slurm")
+        copy_onto_claim(kube, kubectl, namespace, testbed_env["HPO_TRIAL_IMAGE"], "slurm", files)
+
+    return fill
+
+
 def assert_continued(studies: Studies, name: str, source: list[FrozenTrial], killed: int, total: int) -> optuna.Study:
     """The study holds every source trial unchanged (the killed one FAIL), then its own, all finished."""
     done = studies.wait_phase(name, "Succeeded", 300)
@@ -131,14 +147,12 @@ def test_a_slurm_study_on_a_claim_is_imported_and_continued_to_its_budget(
     studies: Studies,
     objectives: dict[str, Any],
     kube: client.ApiClient,
-    kubectl: KubectlRunner,
-    testbed_env: dict[str, str],
+    slurm_claim: SlurmClaim,
     tmp_path: Path,
 ) -> None:
     slurm = run_slurm_array(tmp_path, kind)
     source = slurm.trials()
-    make_claim(kube, studies.namespace, "slurm")
-    copy_onto_claim(kube, kubectl, studies.namespace, testbed_env["HPO_TRIAL_IMAGE"], "slurm", [slurm.path])
+    slurm_claim([slurm.path])
     total = len(source) + 3
     studies.create(
         "continued", continued(objectives, total, importFrom={"claimName": "slurm", "path": slurm.path.name})
@@ -200,18 +214,12 @@ def test_a_study_in_a_mysql_database_is_imported_through_a_url_secret_and_its_ki
 
 
 def test_an_import_that_cannot_work_names_the_field_and_runs_no_trial(
-    studies: Studies,
-    objectives: dict[str, Any],
-    kube: client.ApiClient,
-    kubectl: KubectlRunner,
-    testbed_env: dict[str, str],
-    tmp_path: Path,
+    studies: Studies, objectives: dict[str, Any], kube: client.ApiClient, slurm_claim: SlurmClaim, tmp_path: Path
 ) -> None:
     slurm = run_slurm_array(tmp_path, "sqlite", jobs=2)
     notes = tmp_path / "notes.txt"
     notes.write_text("lr=0.01 gave 0.93\n")
-    make_claim(kube, studies.namespace, "slurm")
-    copy_onto_claim(kube, kubectl, studies.namespace, testbed_env["HPO_TRIAL_IMAGE"], "slurm", [slurm.path, notes])
+    slurm_claim([slurm.path, notes])
     narrower = {**SLURM_SPACE, "x": {"type": "float", "low": -1, "high": 1}}
     # study -> (importFrom, other spec fields, the condition that fails, the start of its message)
     cases: dict[str, tuple[dict[str, Any], dict[str, Any], str, str]] = {
@@ -255,15 +263,13 @@ def test_an_operator_killed_during_the_import_duplicates_no_trial(
     studies: Studies,
     objectives: dict[str, Any],
     kube: client.ApiClient,
-    kubectl: KubectlRunner,
-    testbed_env: dict[str, str],
+    slurm_claim: SlurmClaim,
     tmp_path: Path,
     operator: int,
 ) -> None:
     slurm = run_slurm_array(tmp_path, "journal")
     source = slurm.trials()
-    make_claim(kube, studies.namespace, "slurm")
-    copy_onto_claim(kube, kubectl, studies.namespace, testbed_env["HPO_TRIAL_IMAGE"], "slurm", [slurm.path])
+    slurm_claim([slurm.path])
     total = len(source) + 2
     source_file = {"claimName": "slurm", "path": slurm.path.name}
     studies.create("restarted", continued(objectives, total, importFrom=source_file))
