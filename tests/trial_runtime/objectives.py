@@ -72,7 +72,7 @@ def count_with_checkpoints(trial: optuna.Trial) -> float:
         print(f"ran step {step}")
         ckpt.save(step, {"total": total})
         if step == hold:
-            time.sleep(600)
+            time.sleep(600)  # not a wait: the trial hangs here until the test stops or kills it
     return float(total)
 
 

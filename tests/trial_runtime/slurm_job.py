@@ -29,7 +29,7 @@ def objective(trial: optuna.Trial) -> float:
         trial.report((x - 1) ** 2 + 1 / (step + 1), step)
     if os.environ.get("HANG") == "1":
         print("sleeping", flush=True)
-        time.sleep(600)
+        time.sleep(600)  # not a wait: this job hangs mid-trial until the test kills it, as Slurm kills a job
     if index == 1:
         raise ValueError("diverged")
     if index == 2:

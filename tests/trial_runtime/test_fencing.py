@@ -54,7 +54,6 @@ def test_a_result_computed_during_an_outage_is_told_once_the_database_is_back(
     lose_database(database)
     release.touch()
     wait_for(lambda: any("cannot record the outcome yet" in line for line in run.lines), 60, "a failed tell")
-    time.sleep(2)  # a retry or two against the missing user
     restore_database(database)
 
     assert run.wait() == 0, run.output

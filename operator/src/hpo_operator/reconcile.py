@@ -126,6 +126,12 @@ class StudyLoop:
     def secret_name(self) -> str:
         return provisioning.secret_names(self.name)[0]
 
+    @property
+    def ref(self) -> dispatch.TrialRef:
+        """What the study's Jobs need to know of it: where it lives, its Secret, whether its server uses TLS."""
+        tls = self.provisioned.tls if self.provisioned else False
+        return dispatch.TrialRef(self.namespace, self.name, self.name, self.secret_name, tls)
+
     def close(self) -> None:
         """Let go of the study's database connections (a finished study keeps none)."""
         if self.store is not None:
@@ -488,9 +494,7 @@ class StudyLoop:
         if not store.begin_attempt(trial_id, number, attempt, check=attempt > 0):
             self.logger.info(f"trial {number} finished before its attempt {attempt} started")
             return False
-        ref = dispatch.TrialRef(
-            self.namespace, self.name, self.name, self.secret_name, self.provisioned.tls if self.provisioned else False
-        )
+        ref = self.ref
         assignment = dispatch.assignment(
             spec,
             ref,
@@ -636,9 +640,7 @@ class StudyLoop:
 
     def start_import(self, body: dict[str, Any], spec: HpoStudySpec, decision: importing.Decision, source: str) -> str:
         """Create the import run's Job; why the API server refused it, if it did (tried again next pass)."""
-        ref = dispatch.TrialRef(
-            self.namespace, self.name, self.name, self.secret_name, self.provisioned.tls if self.provisioned else False
-        )
+        ref = self.ref
         job = importing.build_import_job(spec, ref, decision.run, self.settings.trial_image)
         try:
             kube.create_owned(job, owner=body)
@@ -688,13 +690,7 @@ class StudyLoop:
         created = False
         if decision.create is not None:
             self.snapshot_tried = decision.create
-            ref = dispatch.TrialRef(
-                self.namespace,
-                self.name,
-                self.name,
-                self.secret_name,
-                self.provisioned.tls if self.provisioned else False,
-            )
+            ref = self.ref
             readonly = provisioning.secret_names(self.name)[1]
             job = snapshots.build_snapshot_job(spec, ref, readonly, decision.create, self.settings.trial_image)
             try:
