@@ -88,6 +88,14 @@ operator-up: testbed-up ## Start the operator against the testbed (idempotent; l
 operator-down: ## Stop the operator started by operator-up
 	@$(PY) -m tests.testbed operator-down
 
+.PHONY: kueue-up
+kueue-up: testbed-up ## Build Kueue from its Go module and install it with the ClusterQueue testbed-gpus and LocalQueue default/user-queue (idempotent)
+	@$(PY) -m tests.testbed kueue-up
+
+.PHONY: kueue-down
+kueue-down: ## Remove Kueue, its queues and workloads from the testbed
+	@$(PY) -m tests.testbed kueue-down
+
 .PHONY: checks
 checks: venv ## Lint and format-check (ruff), type-check (mypy strict) the operator, the trial runtime and the CLI
 	@$(VENV)/bin/ruff check .

@@ -1,11 +1,11 @@
 """Command line of the testbed: `python -m tests.testbed {up,down,status,build,operator-up,operator-down,
-images,images-check,images-prune}`."""
+images,images-check,images-prune,kueue-up,kueue-down}`."""
 
 from __future__ import annotations
 
 import sys
 
-from tests.testbed import build, cluster, image_checks, images, layout, operator, provisioner, supervisor
+from tests.testbed import build, cluster, image_checks, images, kueue, layout, operator, provisioner, supervisor
 
 
 def main(argv: list[str]) -> int:
@@ -30,6 +30,10 @@ def main(argv: list[str]) -> int:
         image_checks.check_all(images.ensure())
     elif command == "images-prune":
         images.prune()
+    elif command == "kueue-up":
+        kueue.up()
+    elif command == "kueue-down":
+        kueue.down()
     elif command == "supervise":
         return supervisor.run(layout.BIN)
     elif command == "provisioner":
@@ -37,7 +41,7 @@ def main(argv: list[str]) -> int:
     else:
         print(
             f"unknown command {command!r}: use up, down, status, build, operator-up, operator-down, "
-            "images, images-check or images-prune",
+            "images, images-check, images-prune, kueue-up or kueue-down",
             file=sys.stderr,
         )
         return 2

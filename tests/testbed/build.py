@@ -113,6 +113,16 @@ COMPONENTS = (
     Component("netpol", (".",), layout.NETWORK_POLICIES_VERSION),
 )
 
+# Built only when asked for (`make kueue-up`): Kueue is optional for users and for the testbed.
+OPTIONAL_COMPONENTS = (
+    Component(
+        "kueue",
+        ("sigs.k8s.io/kueue/cmd/kueue",),
+        layout.KUEUE_VERSION,
+        ldflags=(f"-X sigs.k8s.io/kueue/pkg/version.GitVersion={layout.KUEUE_VERSION}",),
+    ),
+)
+
 
 def go_version() -> str:
     return subprocess.run(["go", "env", "GOVERSION"], check=True, capture_output=True, text=True).stdout.strip()
@@ -182,12 +192,14 @@ def build(component: Component) -> Path:
 
 
 def build_all(modules: Iterable[str] | None = None) -> dict[str, Path]:
-    """Build (or find) the binaries of ``modules`` (default: every component); return name -> path."""
+    """Build (or find) the binaries of ``modules`` (default: every component but the optional ones);
+    return name -> path."""
+    known = (*COMPONENTS, *OPTIONAL_COMPONENTS)
     wanted = set(modules) if modules is not None else {component.module for component in COMPONENTS}
-    if unknown := wanted - {component.module for component in COMPONENTS}:
+    if unknown := wanted - {component.module for component in known}:
         raise ValueError(f"no Go component named {', '.join(sorted(unknown))} under tests/testbed/go/")
     binaries: dict[str, Path] = {}
-    for component in (component for component in COMPONENTS if component.module in wanted):
+    for component in (component for component in known if component.module in wanted):
         folder = build(component)
         for name in (*component.binaries, *component.aliases):
             binaries[name] = folder / name

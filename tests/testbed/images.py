@@ -335,15 +335,19 @@ def ensure() -> dict[str, str]:
     """Build and push whatever image is missing or stale; return variable -> reference."""
     started = time.monotonic()
     binary = build.build_all(["registry"])["registry"]
-    base = base_reference()
-    refs = references()
     with registry.running(binary):
-        _ensure("base", base, functools.partial(build_base, base))
-        for image in IMAGES:
-            ref = refs[image.variable]
-            _ensure(image.name, ref, functools.partial(build_image, image, ref, base))
+        refs = {image.variable: ensure_one(image) for image in IMAGES}
     print(f"images ready in {time.monotonic() - started:.0f}s", flush=True)
     return refs
+
+
+def ensure_one(image: Image) -> str:
+    """Build and push ``image`` (and the base) if the registry, which must answer, lacks it; its reference."""
+    base = base_reference()
+    _ensure("base", base, functools.partial(build_base, base))
+    ref = image_reference(image)
+    _ensure(image.name, ref, functools.partial(build_image, image, ref, base))
+    return ref
 
 
 def pulled(ref: str) -> None:

@@ -66,6 +66,7 @@ CNI_PLUGINS_VERSION = required_version("cni", "github.com/containernetworking/pl
 COREDNS_VERSION = required_version("coredns", "github.com/coredns/coredns")
 REGISTRY_VERSION = required_version("registry", "github.com/distribution/distribution/v3")
 NETWORK_POLICIES_VERSION = required_version("netpol", "sigs.k8s.io/kube-network-policies")
+KUEUE_VERSION = required_version("kueue", "sigs.k8s.io/kueue")
 
 # GPUs each node advertises as the extended resource nvidia.com/gpu (e.g. HPO_TESTBED_GPUS=8).
 NODE_GPUS = os.environ.get("HPO_TESTBED_GPUS", "4")

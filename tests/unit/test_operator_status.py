@@ -228,7 +228,7 @@ def written(verdict: st.Verdict, old: list[dict[str, Any]] | None = None, **fact
 def test_the_status_written_is_the_status_model_and_only_what_was_observed() -> None:
     patch = written(
         st.decide(replace(BASE, counts=Counts(running=3, complete=1), busy=True, waiting=1)),
-        counts=Counts(running=3, complete=1),
+        counts=Counts(running=3, complete=1, preemptions=2),
         waiting=1,
         parallelism=3,
         best=FinishedTrial(0, (float("inf"),), {"x": 1}),
@@ -243,7 +243,7 @@ def test_the_status_written_is_the_status_model_and_only_what_was_observed() -> 
         )
         == patch
     )
-    assert patch["trials"] == {"running": 2, "waiting": 1, "complete": 1, "pruned": 0, "failed": 0}
+    assert patch["trials"] == {"running": 2, "waiting": 1, "complete": 1, "pruned": 0, "failed": 0, "preemptions": 2}
     assert patch["progress"] == "1/4" and patch["parallelism"] == 3 and patch["startedAt"] == "2026-12-01T11:00:00Z"
     assert patch["bestTrial"] == {"number": 0, "params": {"x": 1}}, "an infinite value is left out, not written"
     assert patch["bestValue"] == "inf"
@@ -267,6 +267,7 @@ def test_imported_counts_are_written_with_the_counts_and_read_back_from_the_stat
         "complete": 10,
         "pruned": 0,
         "failed": 2,
+        "preemptions": 0,
         "imported": 8,
         "importedFailed": 1,
     }

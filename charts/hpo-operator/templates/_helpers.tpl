@@ -119,7 +119,8 @@ capabilities:
 {{/* What the operator does in the namespaces it serves (verified against kube.py, reconcile.py and
      Kopf 1.45: watching, patching finalizers/annotations, posting core v1 Events; reading the admin and
      CA Secrets a study names, writing the study's two storage Secrets; checking that the claims a study
-     names exist; a server-side dry-run of a study's first trial Job uses jobs create). */}}
+     names exist; a server-side dry-run of a study's first trial Job uses jobs create; with Kueue, checking
+     that a study's LocalQueue exists and reading its trial Jobs' Workloads, harmless where Kueue is absent). */}}
 {{- define "hpo-operator.namespacedRules" -}}
 - apiGroups: [hpo.dev]
   resources: [hpostudies]
@@ -142,6 +143,12 @@ capabilities:
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [localqueues]
+  verbs: [get]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list]
 {{- end }}
 
 {{/* Kopf's discovery of CRDs (and of namespaces when it serves a list of them), cluster-wide. */}}

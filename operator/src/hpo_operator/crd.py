@@ -47,6 +47,8 @@ PRINTER_COLUMNS = [
     {"name": "Sampler", "type": "string", "jsonPath": ".status.sampler", "priority": 1},
     {"name": "Parallelism", "type": "integer", "jsonPath": ".status.parallelism", "priority": 1},
     {"name": "Failed", "type": "integer", "jsonPath": ".status.trials.failed", "priority": 1},
+    {"name": "Preempted", "type": "integer", "jsonPath": ".status.trials.preemptions", "priority": 1},
+    {"name": "Queue", "type": "string", "jsonPath": ".spec.queueName", "priority": 1},
 ]
 
 

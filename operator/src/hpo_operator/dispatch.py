@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from hpo_operator import queueing
 from hpo_operator.contract import (
     ASSIGNMENT_ENV,
     NODE_NAME_ENV,
@@ -130,10 +131,23 @@ def _without_nulls(node: Any) -> Any:
 def build_job(
     spec: HpoStudySpec, ref: TrialRef, number: int, attempt: int, trial_assignment: dict[str, Any], default_image: str
 ) -> dict[str, Any]:
-    """The batch/v1 Job for one attempt of one trial (owner reference added by the caller)."""
+    """The batch/v1 Job for one attempt of one trial (owner reference added by the caller).
+
+    Under a queue (`queueing`), the Job carries the queue's labels and is created suspended: Kueue
+    admits it by unsuspending it, and no pod can start before.
+    """
     template = _without_nulls(copy.deepcopy(spec.trial.template))
     metadata = template.setdefault("metadata", {})
     trial_labels = labels(ref.study, number, attempt)
+    job_labels = dict(trial_labels)
+    queue = queueing.queue_of(spec.queue_name, spec.trial.template)
+    if queue is not None:
+        job_labels |= queueing.job_labels(queue, metadata.get("labels", {}))
+        metadata["labels"] = {
+            k: v
+            for k, v in metadata.get("labels", {}).items()
+            if k not in (queueing.QUEUE_LABEL, queueing.PRIORITY_LABEL)
+        }
     metadata["labels"] = {**metadata.get("labels", {}), **trial_labels}
     pod_spec = template.setdefault("spec", {})
     pod_spec["restartPolicy"] = "Never"
@@ -174,15 +188,18 @@ def build_job(
         container.setdefault("volumeMounts", []).append(
             {"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoints.mount_path}
         )
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,  # one attempt per Job: the operator decides about the next one
+        "podReplacementPolicy": "Failed",  # never two live pods for one trial
+        "template": template,
+    }
+    if queue is not None:
+        job_spec["suspend"] = True
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": job_name(ref.study, number, attempt), "namespace": ref.namespace, "labels": trial_labels},
-        "spec": {
-            "backoffLimit": 0,  # one attempt per Job: the operator decides about the next one
-            "podReplacementPolicy": "Failed",  # never two live pods for one trial
-            "template": template,
-        },
+        "metadata": {"name": job_name(ref.study, number, attempt), "namespace": ref.namespace, "labels": job_labels},
+        "spec": job_spec,
     }
 
 

@@ -16,6 +16,7 @@ from kubernetes import client, config
 from kubernetes.client import ApiException
 
 from hpo_operator.models import GROUP, PLURAL, VERSION
+from hpo_operator.queueing import JOB_UID_LABEL, KUEUE_GROUP, KUEUE_VERSION
 from hpo_operator.redaction import redact
 
 _api: client.ApiClient | None = None
@@ -123,6 +124,43 @@ def secret_keys(namespace: str, name: str) -> frozenset[str] | None:
 def claim_exists(namespace: str, name: str) -> bool:
     """Whether a PersistentVolumeClaim exists."""
     return _read(client.CoreV1Api(api()).read_namespaced_persistent_volume_claim, name, namespace) is not None
+
+
+def local_queue_exists(namespace: str, name: str) -> bool | None:
+    """Whether a Kueue LocalQueue exists; None when the cluster serves no Kueue API (Kueue is not installed)."""
+    objects = client.CustomObjectsApi(api())
+    try:
+        objects.get_namespaced_custom_object(KUEUE_GROUP, KUEUE_VERSION, namespace, "localqueues", name)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        try:
+            objects.get_api_resources(KUEUE_GROUP, KUEUE_VERSION)
+        except ApiException as missing:
+            if missing.status == 404:
+                return None
+            raise
+        return False
+    return True
+
+
+def workloads(namespace: str, job_uids: list[str]) -> list[dict[str, Any]]:
+    """Kueue's Workloads of the given Jobs, in one request (empty when Kueue's API is not served)."""
+    if not job_uids:
+        return []
+    try:
+        found = client.CustomObjectsApi(api()).list_namespaced_custom_object(
+            KUEUE_GROUP,
+            KUEUE_VERSION,
+            namespace,
+            "workloads",
+            label_selector=f"{JOB_UID_LABEL} in ({','.join(sorted(job_uids))})",
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return []
+        raise
+    return list(cast(dict[str, Any], found).get("items") or [])
 
 
 def read_secret(namespace: str, name: str) -> dict[str, str] | None:

@@ -361,7 +361,18 @@ class HpoStudySpec(Model):
         description="An existing Optuna study (a file on a claim, or a database) whose trials are imported before "
         "the first trial; they count in budget.trials (immutable once the study has started).",
     )
-    suspend: bool = Field(default=False, description="Stop dispatching and stop running trials (checkpoints kept).")
+    queue_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_SUBDOMAIN,
+        description="A Kueue LocalQueue of the study's namespace that admits each trial Job (they wait, suspended, "
+        "until it does); wins over the template's kueue.x-k8s.io/queue-name label. Unset: no queue.",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Stop dispatching and stop running trials (checkpoints kept); queued trials leave their queue.",
+    )
 
 
 class Phase(StrEnum):
@@ -384,6 +395,11 @@ class TrialCounts(Model):
     complete: int = Field(default=0, description="Trials that returned a value.")
     pruned: int = Field(default=0, description="Trials the pruner stopped.")
     failed: int = Field(default=0, description="Trials that failed (the reason is Optuna's fail_reason).")
+    preemptions: int = Field(
+        default=0,
+        description="Times a running trial was stopped from outside (evicted, its node lost, or preempted by its "
+        "Kueue queue) and run again as the same trial from its checkpoint; none counts as a failure or a retry.",
+    )
     imported: int | None = Field(
         default=None,
         description="Of all the trials counted here, those imported from spec.importFrom (unset: none imported).",

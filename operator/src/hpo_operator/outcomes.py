@@ -27,6 +27,7 @@ from typing import Any
 
 from hpo_operator.contract import EXIT_DATABASE_UNAVAILABLE, EXIT_INTERRUPTED, EXIT_SUPERSEDED, TRIAL_CONTAINER
 from hpo_operator.models import ATTEMPT_LABEL, TASK_LABEL, TRIAL_LABEL
+from hpo_operator.queueing import QUEUE_LABEL
 
 INTERRUPTED_EXIT_CODES = (EXIT_INTERRUPTED, 137)  # the runtime exits 143 on SIGTERM; 137 is SIGKILL after the grace
 PREEMPTION_REASONS = {
@@ -106,6 +107,8 @@ class JobSummary:
     resumed_at: datetime.datetime | None = None
     succeeded: bool = False
     task: str = ""  # an import or snapshot Job (trial -1); empty for a trial Job
+    uid: str = ""
+    queue: str = ""  # the LocalQueue that admits it (Kueue's label), empty when it goes through none
 
 
 def parse_time(value: str | None) -> datetime.datetime:
@@ -184,6 +187,8 @@ def summarise_job(job: dict[str, Any]) -> JobSummary:
         resumed_at=_time(suspended.get("lastTransitionTime")) if suspended.get("status") == "False" else None,
         succeeded=conditions.get("Complete", {}).get("status") == "True",
         task=str((metadata.get("labels") or {}).get(TASK_LABEL) or ""),
+        uid=str(metadata.get("uid") or ""),
+        queue=str((metadata.get("labels") or {}).get(QUEUE_LABEL) or ""),
     )
 
 

@@ -36,6 +36,7 @@ from hpo_operator import (
     metrics,
     outcomes,
     provisioning,
+    queueing,
     search,
     snapshots,
     validation,
@@ -269,6 +270,10 @@ class StudyLoop:
                     problem = validation.missing_reference(
                         reference, self.namespace, keys is not None, keys or frozenset()
                     )
+                elif reference.kind == "LocalQueue":
+                    problem = validation.missing_reference(
+                        reference, self.namespace, kube.local_queue_exists(self.namespace, reference.name)
+                    )
                 else:
                     problem = validation.missing_reference(
                         reference, self.namespace, kube.claim_exists(self.namespace, reference.name)
@@ -352,20 +357,26 @@ class StudyLoop:
         latest = _latest_attempts(jobs, pods)
         self.refused = ""
         decisions: dict[int, Decision] = {}
-        for trial in store.running():
+        trials = store.running()
+        for trial in trials:
             job, pod = latest.get(trial.number, (None, None))
             decision = outcomes.decide(
                 TrialView(trial.number, trial.outcomes, trial.heartbeat_age, job, pod), rules, now
             )
             self.carry_out(body, spec, store, trial, job, decision)
             decisions[trial.number] = decision
+        queue_messages = self.observe_queue(store, trials, latest)
 
         waiting = {n for n, d in decisions.items() if d.waiting is not None or d.action in STARTS}
-        waiting_reason = min(
-            (d for d in decisions.values() if d.waiting is not None),
-            key=lambda d: WAITING_ORDER.index(d.waiting or outcomes.Waiting.STARTING),
+        first_waiting = min(
+            ((n, d) for n, d in decisions.items() if d.waiting is not None),
+            key=lambda item: (WAITING_ORDER.index(item[1].waiting or outcomes.Waiting.STARTING), item[0]),
             default=None,
         )
+        waiting_reason = first_waiting[1] if first_waiting else None
+        waiting_message = waiting_reason.reason if waiting_reason else ""
+        if first_waiting is not None and first_waiting[0] in queue_messages:
+            waiting_message = f"trial {first_waiting[0]} {queue_messages[first_waiting[0]]}"
         live = {n for n, (_, pod) in latest.items() if pod is not None and outcomes.holds_slot(pod, now)}
         occupied = len(set(decisions) | live)
         plan = dispatch.Plan(0)
@@ -401,7 +412,7 @@ class StudyLoop:
                 parallelism_capped=parallelism.capped,
                 paced=plan.paced,
                 waiting_reason=waiting_reason.waiting if waiting_reason else None,
-                waiting_message=waiting_reason.reason if waiting_reason else "",
+                waiting_message=waiting_message,
                 blocked=blocked,
                 database_message=f"Optuna study {self.name} in database "
                 f"{self.provisioned.database if self.provisioned else '?'}",
@@ -541,6 +552,38 @@ class StudyLoop:
             metrics.TRIALS.labels(state="started").inc()
             self.event("TrialStarted", f"trial {trial.number}: {trial.params}")
         return started, ""
+
+    def observe_queue(
+        self,
+        store: StudyStore,
+        trials: list[RunningTrial],
+        latest: dict[int, tuple[JobSummary | None, PodSummary | None]],
+    ) -> dict[int, str]:
+        """Read the Workloads of the trial Jobs that go through a queue (one request): count each eviction
+        Kueue made as a preemption, with an Event, and return why each suspended Job waits, by trial."""
+        queued = {t.number: (t, job) for t in trials if (job := latest.get(t.number, (None, None))[0]) and job.queue}
+        if not queued:
+            return {}
+        try:
+            found = kube.workloads(self.namespace, [job.uid for _, job in queued.values()])
+        except Exception as error:  # no permission (an older chart's RBAC), the API away: the Jobs still wait
+            self.logger.warning(f"cannot read Kueue's Workloads: {type(error).__name__}: {redact(str(error))[:300]}")
+            return {}
+        workloads = {queueing.job_uid(w): w for w in found}
+        messages = {}
+        for number, (trial, job) in sorted(queued.items()):
+            workload = workloads.get(job.uid)
+            if store.record_queue_evictions(trial, job.attempt, queueing.evictions(workload)):
+                step = f" (step {trial.checkpoint_step})" if trial.checkpoint_step is not None else ""
+                self.event(
+                    "TrialPreempted",
+                    f"trial {number}: LocalQueue {job.queue} took its place back "
+                    f"({queueing.eviction_reason(workload)}); it waits to be admitted again and then resumes "
+                    f"from its checkpoint{step} as the same trial, not as a failure or a retry",
+                )
+            if job.suspended:
+                messages[number] = queueing.pending_message(workload, job.queue)
+        return messages
 
     def clean_up(self, jobs: list[JobSummary], pods: list[PodSummary], running: set[int], live: set[int]) -> None:
         """Delete Jobs of finished trials once their pods ended; keep the last few failed attempts."""

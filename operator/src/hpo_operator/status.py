@@ -365,6 +365,7 @@ def render(facts: Facts, old_conditions: list[dict[str, Any]]) -> dict[str, Any]
             "complete": counts.complete,
             "pruned": counts.pruned,
             "failed": counts.failed,
+            "preemptions": counts.preemptions,
         }
         if facts.imported is not None:
             fields["trials"]["imported"] = facts.imported.total

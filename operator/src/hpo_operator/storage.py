@@ -26,6 +26,9 @@ from hpo_operator.contract import ATTEMPT_ATTR, CHECKPOINT_ATTR, FAIL_REASON_ATT
 from hpo_operator.models import HpoStudySpec
 
 OUTCOMES_ATTR = "hpo:outcomes"  # per trial: the verdict of each attempt, so retries survive restarts
+QUEUE_EVICTIONS_ATTR = "hpo:queue_evictions"  # per trial: {attempt: times its queue evicted that attempt's Job}
+PREEMPTIONS_ATTR = "hpo:preemptions"  # per study: preemptions of running trials, by the cluster or a queue
+PREEMPTION_OUTCOMES = ("preempted", "lost")  # the outcomes (outcomes.PREEMPTIONS) counted as preemptions
 WARM_START_ATTR = "hpo:warm_start_enqueued"  # per study: how many warm-start sets are queued (True: all, formerly)
 
 
@@ -36,6 +39,7 @@ class Counts:
     pruned: int = 0
     failed: int = 0
     queued: int = 0  # Optuna's WAITING: enqueued (warm start), not yet asked
+    preemptions: int = 0  # running trials stopped from outside (the cluster, a queue) and resumed, in all
 
     @property
     def finished(self) -> int:
@@ -55,6 +59,7 @@ class RunningTrial:
     checkpoint_step: int | None = None
     outcomes: tuple[str, ...] = ()  # the verdict of each earlier attempt
     heartbeat_age: float | None = None  # seconds since its pod last recorded a heartbeat (database clock)
+    queue_evictions: dict[str, int] = field(default_factory=dict)  # per attempt: times its queue evicted it
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,7 @@ class StudyStore:
             pruned=by_state.get("PRUNED", 0),
             failed=by_state.get("FAIL", 0),
             queued=by_state.get("WAITING", 0),
+            preemptions=self.preemptions(),
         )
 
     def imported_counts(self) -> tuple[int, int]:
@@ -199,17 +205,19 @@ class StudyStore:
     def running(self) -> list[RunningTrial]:
         """RUNNING trials with the checkpoint each last reported and their attempts' outcomes (at most M rows)."""
         rows = self._query(
-            "SELECT t.trial_id, t.number, a.value_json, o.value_json, TIMESTAMPDIFF(SECOND, h.heartbeat, NOW()) "
-            "FROM trials t "
+            "SELECT t.trial_id, t.number, a.value_json, o.value_json, TIMESTAMPDIFF(SECOND, h.heartbeat, NOW()), "
+            "e.value_json FROM trials t "
             "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.`key` = :checkpoint "
             "LEFT JOIN trial_system_attributes o ON o.trial_id = t.trial_id AND o.`key` = :outcomes "
+            "LEFT JOIN trial_system_attributes e ON e.trial_id = t.trial_id AND e.`key` = :evictions "
             "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
             "WHERE t.study_id = :study_id AND t.state = 'RUNNING' ORDER BY t.number",
             checkpoint=CHECKPOINT_ATTR,
             outcomes=OUTCOMES_ATTR,
+            evictions=QUEUE_EVICTIONS_ATTR,
         )
         trials = []
-        for trial_id, number, checkpoint_json, outcomes_json, heartbeat_age in rows:
+        for trial_id, number, checkpoint_json, outcomes_json, heartbeat_age, evictions_json in rows:
             checkpoint = json.loads(checkpoint_json) if checkpoint_json else {}
             trials.append(
                 RunningTrial(
@@ -219,9 +227,18 @@ class StudyStore:
                     checkpoint_step=checkpoint.get("step"),
                     outcomes=tuple(json.loads(outcomes_json)) if outcomes_json else (),
                     heartbeat_age=None if heartbeat_age is None else float(heartbeat_age),
+                    queue_evictions=json.loads(evictions_json) if evictions_json else {},
                 )
             )
         return trials
+
+    def preemptions(self) -> int:
+        """Preemptions of the study's running trials so far (one indexed row)."""
+        rows = self._query(
+            "SELECT value_json FROM study_system_attributes WHERE study_id = :study_id AND `key` = :key",
+            key=PREEMPTIONS_ATTR,
+        )
+        return int(json.loads(rows[0][0])) if rows else 0
 
     def state_of(self, number: int) -> TrialState | None:
         rows = self._query("SELECT state FROM trials WHERE study_id = :study_id AND number = :number", number=number)
@@ -285,12 +302,65 @@ class StudyStore:
         return [int(found) for (found,) in rows]
 
     def record_outcome(self, trial: RunningTrial, attempt: int, outcome: str) -> list[str]:
-        """Record attempt `attempt`'s outcome (idempotent: a repeated pass rewrites the same slot)."""
-        outcomes = list(trial.outcomes)
-        outcomes += [""] * (attempt + 1 - len(outcomes))
-        outcomes[attempt] = outcome
-        self.storage.set_trial_system_attr(trial.trial_id, OUTCOMES_ATTR, outcomes)
+        """Record attempt `attempt`'s outcome (idempotent: a repeated pass rewrites the same slot).
+
+        A preemption is also counted in the study's preemptions, once: in the same transaction as
+        the slot's first write of it.
+        """
+        with self.storage.engine.begin() as connection:
+            stored = self._trial_attr(connection, trial.trial_id, OUTCOMES_ATTR)
+            outcomes = list(stored if isinstance(stored, list) else trial.outcomes)
+            outcomes += [""] * (attempt + 1 - len(outcomes))
+            counted = outcome in PREEMPTION_OUTCOMES and outcomes[attempt] not in PREEMPTION_OUTCOMES
+            outcomes[attempt] = outcome
+            self._write_trial_attr(connection, trial.trial_id, OUTCOMES_ATTR, outcomes)
+            if counted:
+                self._add_preemptions(connection, 1)
         return outcomes
+
+    def record_queue_evictions(self, trial: RunningTrial, attempt: int, evictions: int) -> int:
+        """Record that the queue has evicted attempt ``attempt``'s Job ``evictions`` times in all (Kueue's own
+        count, kept for the Job's life); return how many of them are new, each counted once as a preemption."""
+        with self.storage.engine.begin() as connection:
+            stored = self._trial_attr(connection, trial.trial_id, QUEUE_EVICTIONS_ATTR)
+            per_attempt = dict(stored) if isinstance(stored, dict) else {}
+            new = evictions - int(per_attempt.get(str(attempt), 0))
+            if new <= 0:
+                return 0
+            per_attempt[str(attempt)] = evictions
+            self._write_trial_attr(connection, trial.trial_id, QUEUE_EVICTIONS_ATTR, per_attempt)
+            self._add_preemptions(connection, new)
+        return new
+
+    @staticmethod
+    def _trial_attr(connection: sqlalchemy.Connection, trial_id: int, key: str) -> Any:
+        """A trial's system attribute, its row locked until the transaction ends (None when unset)."""
+        value = connection.execute(
+            sqlalchemy.text(
+                "SELECT value_json FROM trial_system_attributes WHERE trial_id = :trial_id AND `key` = :key FOR UPDATE"
+            ),
+            {"trial_id": trial_id, "key": key},
+        ).scalar()
+        return json.loads(value) if value else None
+
+    @staticmethod
+    def _write_trial_attr(connection: sqlalchemy.Connection, trial_id: int, key: str, value: Any) -> None:
+        connection.execute(
+            sqlalchemy.text(
+                "INSERT INTO trial_system_attributes (trial_id, `key`, value_json) VALUES (:trial_id, :key, :value) "
+                "ON DUPLICATE KEY UPDATE value_json = VALUES(value_json)"
+            ),
+            {"trial_id": trial_id, "key": key, "value": json.dumps(value)},
+        )
+
+    def _add_preemptions(self, connection: sqlalchemy.Connection, count: int) -> None:
+        connection.execute(
+            sqlalchemy.text(
+                "INSERT INTO study_system_attributes (study_id, `key`, value_json) VALUES (:study_id, :key, :count) "
+                "ON DUPLICATE KEY UPDATE value_json = CAST(value_json AS UNSIGNED) + :count"
+            ),
+            {"study_id": self.study_id, "key": PREEMPTIONS_ATTR, "count": count},
+        )
 
     def fail(self, number: int, reason: str) -> None:
         """Mark a trial FAIL with its reason, unless its pod already told a result."""

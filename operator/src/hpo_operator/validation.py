@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 import pydantic
 
-from hpo_operator import search, templates
+from hpo_operator import queueing, search, templates
 from hpo_operator.models import HpoStudySpec, Parameter, ParameterType, SamplerName
 
 MAX_WARM_START = 1000
@@ -55,7 +55,7 @@ class Reference:
     """An object of the study's namespace the spec names, which must exist before the study can run."""
 
     field: str
-    kind: str  # "Secret" or "PersistentVolumeClaim"
+    kind: str  # "Secret", "PersistentVolumeClaim" or "LocalQueue" (Kueue's)
     name: str
     key: str | None = None  # a Secret key that must be there
 
@@ -511,6 +511,9 @@ def references(spec: HpoStudySpec) -> list[Reference]:
     if source is not None and source.url_secret is not None:
         url = source.url_secret
         found.append(Reference("spec.importFrom.urlSecret", "Secret", url.name, url.key))
+    queue = queueing.queue_of(spec.queue_name, spec.trial.template)
+    if queue is not None:
+        found.append(Reference(queue.field, "LocalQueue", queue.name))
     pod = spec.trial.template.get("spec")
     volumes = pod.get("volumes") if isinstance(pod, dict) else None
     for index, volume in enumerate(volumes if isinstance(volumes, list) else []):
@@ -528,9 +531,22 @@ def references(spec: HpoStudySpec) -> list[Reference]:
 
 
 def missing_reference(
-    reference: Reference, namespace: str, exists: bool, keys: frozenset[str] = frozenset()
+    reference: Reference, namespace: str, exists: bool | None, keys: frozenset[str] = frozenset()
 ) -> Problem | None:
-    """The problem of a reference the API did not find (``exists``; ``keys``: a Secret's keys), if any."""
+    """The problem of a reference the API did not find (``exists``, None when the cluster does not serve its
+    kind; ``keys``: a Secret's keys), if any."""
+    if reference.kind == "LocalQueue" and exists is None:
+        return Problem(
+            reference.field,
+            f"this cluster has no Kueue (no {queueing.KUEUE_GROUP}/{queueing.KUEUE_VERSION} API) to admit trials "
+            f"from LocalQueue {reference.name}; install Kueue, or remove the queue to run trials without one",
+        )
+    if reference.kind == "LocalQueue" and not exists:
+        return Problem(
+            reference.field,
+            f"LocalQueue {reference.name} does not exist in namespace {namespace}; create it, pointing at a "
+            "ClusterQueue (see examples/kueue-queues.yaml), or name an existing one (the study starts once it exists)",
+        )
     if not exists:
         return Problem(
             reference.field,
