@@ -143,11 +143,9 @@ def build_job(
     queue = queueing.queue_of(spec.queue_name, spec.trial.template)
     if queue is not None:
         job_labels |= queueing.job_labels(queue, metadata.get("labels", {}))
-        metadata["labels"] = {
-            k: v
-            for k, v in metadata.get("labels", {}).items()
-            if k not in (queueing.QUEUE_LABEL, queueing.PRIORITY_LABEL)
-        }
+    metadata["labels"] = {  # Kueue's labels go on the Job only: a pod with them would be a second workload
+        k: v for k, v in metadata.get("labels", {}).items() if k not in (queueing.QUEUE_LABEL, queueing.PRIORITY_LABEL)
+    }
     metadata["labels"] = {**metadata.get("labels", {}), **trial_labels}
     pod_spec = template.setdefault("spec", {})
     pod_spec["restartPolicy"] = "Never"
