@@ -617,7 +617,7 @@ def test_every_sampler_and_pruner_works_with_the_operator_image(chart: Chart) ->
         )
     for sampler in SAMPLERS:
         done = studies.wait_phase(f"sampler-{sampler.lower()}", "Succeeded", 600)
-        expected = {"running": 0, "waiting": 0, "complete": 6, "pruned": 0, "failed": 0}
+        expected = {"running": 0, "waiting": 0, "complete": 6, "pruned": 0, "failed": 0, "preemptions": 0}
         assert done["status"]["trials"] == expected, (sampler, done["status"])
     for pruner in PRUNERS:
         done = studies.wait_phase(f"pruner-{pruner.lower()}", "Succeeded", 600)
@@ -865,7 +865,14 @@ def test_a_cluster_scoped_release_serves_a_study_from_its_own_mysql_behind_its_n
         studies = Studies(chart.kube, studies_namespace)
         studies.create("shown", _study_spec(chart, trials=3, parallelism=3, sleep=0.5))
         done = studies.wait_phase("shown", "Succeeded", 240)
-        assert done["status"]["trials"] == {"running": 0, "waiting": 0, "complete": 3, "pruned": 0, "failed": 0}
+        assert done["status"]["trials"] == {
+            "running": 0,
+            "waiting": 0,
+            "complete": 3,
+            "pruned": 0,
+            "failed": 0,
+            "preemptions": 0,
+        }
         writer = base64.b64decode(
             (core.read_namespaced_secret("shown-storage", studies_namespace).data or {})["url"]
         ).decode()

@@ -169,7 +169,7 @@ def test_a_database_killed_and_restarted_mid_study_spends_no_retry_and_loses_not
     assert condition(unavailable, "DatabaseReady")["reason"] == "DatabaseUnavailable"
     wait_for(lambda: _mariadb_pid() != victim and _answers(testbed_env), 120, "the supervisor to restart MariaDB")
     done = studies.wait_phase("outage", "Succeeded", 360)
-    assert trials_of(done) == {"running": 0, "waiting": 0, "complete": 6, "pruned": 0, "failed": 0}
+    assert trials_of(done) == {"running": 0, "waiting": 0, "complete": 6, "pruned": 0, "failed": 0, "preemptions": 0}
     assert len(studies.optuna_study("outage").trials) == 6, "exactly N trials, none lost or duplicated"
     assert condition(done, "DatabaseReady")["status"] == "True"
 

@@ -180,7 +180,14 @@ def test_a_trial_whose_pod_is_deleted_resumes_from_its_checkpoint_on_the_other_n
     finally:
         if cordoned:
             core.patch_node(cordoned, {"spec": {"unschedulable": False}})
-    assert done["status"]["trials"] == {"running": 0, "waiting": 0, "complete": 1, "pruned": 0, "failed": 0}
+    assert done["status"]["trials"] == {
+        "running": 0,
+        "waiting": 0,
+        "complete": 1,
+        "pruned": 0,
+        "failed": 0,
+        "preemptions": 1,
+    }, "the deleted pod counts as one preemption, not a failure"
     assert [pod.split("-")[2] for pod, _ in attempts] == ["0", "1"], "one requeued attempt, no more"
     resumed = attempts[1][1]
     assert "resumed from step 3" in resumed or "resumed from step 4" in resumed

@@ -121,9 +121,7 @@ def up() -> None:
     print(f"kueue {layout.KUEUE_VERSION}: installing from {reference}", flush=True)
     RENDERED.write_text(render(reference))
     _kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RENDERED))
-    _kubectl(
-        "--namespace", NAMESPACE, "rollout", "status", f"deployment/{DEPLOYMENT}", f"--timeout={READY_TIMEOUT}s"
-    )
+    _kubectl("--namespace", NAMESPACE, "rollout", "status", f"deployment/{DEPLOYMENT}", f"--timeout={READY_TIMEOUT}s")
     deadline = time.monotonic() + READY_TIMEOUT
     while not _queues_accepted():
         if time.monotonic() > deadline:
@@ -140,7 +138,8 @@ def up() -> None:
 
 
 def down() -> None:
-    """Remove Kueue and everything of its kinds (Jobs it suspended stay suspended, as upstream's uninstall leaves them)."""
+    """Remove Kueue and every object of its kinds; Jobs it suspended stay suspended, as upstream's uninstall leaves
+    them."""
     cluster.require_running("make kueue-down")
     if not RENDERED.exists():
         print("kueue is not installed (no .testbed/kueue.yaml)", flush=True)

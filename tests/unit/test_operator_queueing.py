@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -92,7 +93,9 @@ def test_a_missing_local_queue_or_kueue_names_the_field_and_what_to_do(exists: b
         assert problem is not None and problem.field == "spec.queueName" and needle in problem.message
 
 
-def workload(conditions: list[dict[str, Any]] = (), evictions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def workload(
+    conditions: Sequence[dict[str, Any]] = (), evictions: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     status: dict[str, Any] = {"conditions": list(conditions)}
     if evictions is not None:
         status["schedulingStats"] = {"evictions": evictions}

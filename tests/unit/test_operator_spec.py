@@ -109,7 +109,13 @@ def test_crd_schema_is_structural_and_the_committed_files_match_the_models() -> 
         "Best",
         "Age",
     ]
-    assert [c["name"] for c in columns if c.get("priority") == 1] == ["Sampler", "Parallelism", "Failed", "Preempted", "Queue"], "-o wide"
+    assert [c["name"] for c in columns if c.get("priority") == 1] == [
+        "Sampler",
+        "Parallelism",
+        "Failed",
+        "Preempted",
+        "Queue",
+    ], "-o wide"
     assert next(c for c in columns if c["name"] == "Best")["jsonPath"] == ".status.bestValue", "rounded, a string"
 
 
