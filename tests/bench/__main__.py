@@ -1,7 +1,8 @@
 """`make bench`: every benchmark item in one run, one table, and `.bench/latest.json`.
 
 `make bench QUICK=1` (`--quick`) runs the reduced version (item 1 with N=48, item 2 with 20
-completions, item 3 with 10 studies, item 4 with 10 seeds). The items that need no cluster run
+completions, item 3 with 10 studies, item 4 with 10 seeds, item 6 with 12 trials). Item 6 installs Kueue
+(`make kueue-up`) if it is missing, and removes it again after. The items that need no cluster run
 first, while the machine is otherwise idle. The README's benchmark section says how to read them.
 """
 
@@ -11,7 +12,7 @@ import argparse
 import time
 from collections.abc import Callable
 
-from tests.bench import growth, many, report, search_quality, slots, workload
+from tests.bench import growth, many, queue, report, search_quality, slots, workload
 from tests.testbed import layout
 
 LATEST = layout.ROOT / ".bench" / "latest.json"
@@ -21,6 +22,7 @@ ITEMS: dict[str, Callable[[bool], list[report.Figure]]] = {
     "slots": slots.run,
     "growth": growth.run,
     "many": many.run,
+    "queue": queue.run,
 }
 
 

@@ -27,13 +27,14 @@ def two_objectives(trial: optuna.Trial) -> tuple[float, float]:
 
 
 def slow_with_checkpoints(trial: optuna.Trial) -> float:
-    """Ten 1-second steps, checkpointed after each, so a deleted pod's successor resumes mid-way."""
+    """Ten steps of HPO_TEST_STEP_SECONDS (1 s), checkpointed after each, so a stopped pod's successor resumes
+    mid-way."""
     x = trial.suggest_float("x", -5, 5)
     checkpoint = hpo_trial.checkpoint(trial)
     resumed = checkpoint.load()
     start = resumed[0] + 1 if resumed else 0
     for step in range(start, 10):
-        time.sleep(1)
+        time.sleep(float(os.environ.get("HPO_TEST_STEP_SECONDS", "1")))
         checkpoint.save(step, {"x": x})
     return (x - 2) ** 2
 

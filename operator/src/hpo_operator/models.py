@@ -151,7 +151,10 @@ class Budget(Model):
         default=None, ge=1, description="Wall-clock limit of the whole study, counted from its start."
     )
     start_timeout_seconds: int = Field(
-        default=300, ge=10, description="A trial pod that has not started by then (unschedulable, bad image) fails."
+        default=300,
+        ge=10,
+        description="A trial pod that has not started by then (unschedulable, bad image) fails; under a queue "
+        "(spec.queueName) counted from the queue's admission of its Job, never while it waits in the queue.",
     )
 
 
