@@ -332,7 +332,7 @@ def test_a_missing_local_queue_holds_the_study_naming_the_field_until_it_exists(
 ) -> None:
     studies.create("early", gpu_trials(objectives, "later", 1, 1, {}))
     held = studies.wait(
-        "early", lambda s: condition(s, "Validated").get("reason") == "ReferenceMissing", 60, "wait for its queue"
+        "early", lambda s: condition(s, "Validated").get("reason") == "ReferenceNotFound", 60, "wait for its queue"
     )
     assert "spec.queueName" in condition(held, "Validated")["message"]
     assert "LocalQueue later does not exist" in condition(held, "Validated")["message"]

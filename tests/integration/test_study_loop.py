@@ -49,6 +49,8 @@ class FakeCluster:
     status: dict[str, Any] = field(default_factory=dict)
     patches: list[dict[str, Any]] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    local_queues: set[str] | None = None  # Kueue's LocalQueues; None: no Kueue in this cluster
+    workloads: dict[str, dict[str, Any]] = field(default_factory=dict)  # Kueue's Workloads, by Job (its uid here)
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(kube, "read_secret", lambda ns, name: self.secrets.get(name))
@@ -68,6 +70,14 @@ class FakeCluster:
             kube, "create_event", lambda event: self.events.append((event["type"], event["reason"], event["message"]))
         )
         monkeypatch.setattr(kube, "dry_run_job", lambda job: None)
+        monkeypatch.setattr(
+            kube,
+            "local_queue_exists",
+            lambda ns, name: None if self.local_queues is None else name in self.local_queues,
+        )
+        monkeypatch.setattr(
+            kube, "workloads", lambda ns, uids: [self.workloads[uid] for uid in uids if uid in self.workloads]
+        )
 
     def _create(self, manifest: dict[str, Any], owner: dict[str, Any]) -> None:
         self.jobs.setdefault(manifest["metadata"]["name"], manifest)
@@ -97,6 +107,9 @@ class FakeCluster:
                     failed=pod is not None and pod.phase == "Failed",
                     succeeded=pod is not None and pod.phase == "Succeeded",
                     task=labels.get("hpo.dev/task", ""),
+                    suspended=bool(job["spec"].get("suspend")),
+                    uid=name,
+                    queue=labels.get("kueue.x-k8s.io/queue-name", ""),
                 )
             )
         return list(self.pods.values()), jobs
@@ -323,6 +336,44 @@ def test_preemptions_are_free_until_the_bound(harness: Any) -> None:
     assert trial.state is TrialState.FAIL
     assert "preempted 2 times, more than spec.budget.maxPreemptionsPerTrial (1)" in trial.system_attrs[FAIL_REASON_ATTR]
     assert trial.system_attrs[OUTCOMES_ATTR] == ["preempted", "preempted"]
+    assert h.run()["trials"]["preemptions"] == 2, "each preemption counted once, however often a pass sees it"
+
+
+def test_a_queued_trial_waits_says_why_and_counts_each_of_kueues_evictions_once(harness: Any) -> None:
+    h = harness({"searchSpace": SPACE, "budget": {"trials": 2, "parallelism": 2}, "queueName": "gpus"})
+    status = h.run()
+    assert condition(status, "Validated")["reason"] == "ReferenceNotFound" and not h.cluster.jobs, "no Kueue"
+    h.cluster.local_queues = {"gpus"}
+    status = h.run()
+    assert sorted(h.cluster.jobs) == ["study-0-0", "study-1-0"]
+    assert all(job["spec"]["suspend"] for job in h.cluster.jobs.values()), "created suspended, for Kueue to admit"
+    pending = {
+        "type": "QuotaReserved",
+        "status": "False",
+        "reason": "Pending",
+        "message": "insufficient unused quota for nvidia.com/gpu in flavor default-flavor, 1 more needed",
+    }
+    h.cluster.workloads = {
+        name: {"metadata": {"labels": {"kueue.x-k8s.io/job-uid": name}}, "status": {"conditions": [pending]}}
+        for name in h.cluster.jobs
+    }
+    status = h.run()
+    assert status["trials"]["waiting"] == 2 and status["phase"] == "Running"
+    waiting = condition(status, "TrialsWaiting")
+    assert waiting["reason"] == "Queued"
+    assert (
+        "trial 0 not admitted by LocalQueue gpus (Pending: insufficient unused quota for nvidia.com/gpu"
+        in (waiting["message"])
+    )
+    # Kueue preempted trial 0's Job twice over its life (admitted, evicted, admitted, evicted).
+    h.cluster.workloads["study-0-0"]["status"]["schedulingStats"] = {
+        "evictions": [{"reason": "Preempted", "underlyingCause": "", "count": 2}]
+    }
+    for _ in range(2):
+        status = h.run()
+    assert status["trials"]["preemptions"] == 2 and status["trials"]["failed"] == 0
+    assert h.reasons().count("TrialPreempted") == 1, "one Event for what one pass saw"
+    assert h.study().trials[0].system_attrs[ATTEMPT_ATTR] == 0, "the same attempt: Kueue resumes the same Job"
 
 
 def test_a_trial_on_a_lost_node_is_requeued_and_its_old_attempt_fenced(harness: Any) -> None:
