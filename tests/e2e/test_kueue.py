@@ -218,46 +218,51 @@ def test_a_higher_priority_workload_preempts_a_trial_which_resumes_from_its_chec
     assert urgent.status.succeeded == 1, "the urgent Job ran while the trial waited"
 
 
+def cluster_queue_spec(gpus: int) -> dict[str, Any]:
+    """A ClusterQueue's spec with ``gpus`` GPUs and room for the trial pods' CPU and memory."""
+    quotas = {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": gpus}
+    return {
+        "namespaceSelector": {},
+        "resourceGroups": [
+            {
+                "coveredResources": list(quotas),
+                "flavors": [
+                    {
+                        "name": "default-flavor",
+                        "resources": [{"name": name, "nominalQuota": quota} for name, quota in quotas.items()],
+                    }
+                ],
+            }
+        ],
+    }
+
+
 def test_a_queue_without_quota_holds_trials_past_the_start_timeout_and_says_why(
     studies: Studies, objectives: dict[str, Any], kube: client.ApiClient, installed_kueue: None
 ) -> None:
     name = f"empty-{studies.namespace}"
-    empty = {
-        "apiVersion": "/".join(KUEUE),
-        "kind": "ClusterQueue",
-        "metadata": {"name": name},
-        "spec": {
-            "namespaceSelector": {},
-            "resourceGroups": [
-                {
-                    "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
-                    "flavors": [
-                        {
-                            "name": "default-flavor",
-                            "resources": [
-                                {"name": "cpu", "nominalQuota": "4"},
-                                {"name": "memory", "nominalQuota": "8Gi"},
-                                {"name": "nvidia.com/gpu", "nominalQuota": 0},
-                            ],
-                        }
-                    ],
-                }
-            ],
-        },
-    }
     objects = _objects(kube)
-    objects.create_cluster_custom_object(*KUEUE, "clusterqueues", empty)
+    objects.create_cluster_custom_object(
+        *KUEUE,
+        "clusterqueues",
+        {
+            "apiVersion": "/".join(KUEUE),
+            "kind": "ClusterQueue",
+            "metadata": {"name": name},
+            "spec": cluster_queue_spec(0),
+        },
+    )
     try:
         queue = create_local_queue(kube, studies.namespace, "no-gpus", name)
         studies.create("starved", gpu_trials(objectives, queue, 2, 2, {}, budget={"startTimeoutSeconds": 10}))
         timeout = datetime.timedelta(seconds=10)
 
-        def held_past_three_timeouts(study: dict[str, Any]) -> bool:
+        def held_past_three_timeouts() -> bool:
             jobs = jobs_of(kube, studies.namespace, "starved")
             now = datetime.datetime.now(datetime.UTC)
             return len(jobs) == 2 and all(now - j.metadata.creation_timestamp > 3 * timeout for j in jobs)
 
-        wait_for(lambda: held_past_three_timeouts({}), 120, "the trials to wait three start timeouts")
+        wait_for(held_past_three_timeouts, 120, "the trials to wait three start timeouts")
         starved = studies.get("starved")
         assert starved["status"]["phase"] == "Running"
         assert trials_of(starved)["failed"] == 0 and trials_of(starved)["waiting"] == 2
@@ -265,30 +270,7 @@ def test_a_queue_without_quota_holds_trials_past_the_start_timeout_and_says_why(
         assert waiting["reason"] == "Queued" and "nvidia.com/gpu" in waiting["message"], waiting
         assert not [e for e in studies.events("starved") if e.reason == "TrialFailed"]
         # The queue gets quota: the same trials run, none lost.
-        objects.patch_cluster_custom_object(
-            *KUEUE,
-            "clusterqueues",
-            name,
-            {
-                "spec": {
-                    "resourceGroups": [
-                        {
-                            **empty["spec"]["resourceGroups"][0],
-                            "flavors": [
-                                {
-                                    "name": "default-flavor",
-                                    "resources": [
-                                        {"name": "cpu", "nominalQuota": "4"},
-                                        {"name": "memory", "nominalQuota": "8Gi"},
-                                        {"name": "nvidia.com/gpu", "nominalQuota": 2},
-                                    ],
-                                }
-                            ],
-                        }
-                    ]
-                }
-            },
-        )
+        objects.patch_cluster_custom_object(*KUEUE, "clusterqueues", name, {"spec": cluster_queue_spec(2)})
         done = studies.wait_phase("starved", "Succeeded", 240)
         assert trials_of(done)["complete"] == 2 and len(studies.optuna_study("starved").trials) == 2
     finally:
