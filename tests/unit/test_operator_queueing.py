@@ -201,10 +201,24 @@ HOUR = datetime.timedelta(hours=1)
             outcomes.Action.WAIT,
             outcomes.Waiting.STARTING,
         ),
+        # admitted again while the preempted pod still stops: that pod is not this admission's
+        (
+            job(False, NOW - datetime.timedelta(seconds=1), NOW - HOUR),
+            pod(phase="Running", started=True, deleting=True, created=NOW - HOUR, deletion_deadline=NOW),
+            outcomes.Action.WAIT,
+            outcomes.Waiting.STARTING,
+        ),
         # admitted long ago and still no pod: the start timeout applies
         (job(False, NOW - HOUR, NOW - 2 * HOUR), None, outcomes.Action.FAIL, None),
     ],
-    ids=["queued-for-an-hour", "preempted-by-the-queue", "just-admitted", "re-admitted", "admitted-never-started"],
+    ids=[
+        "queued-for-an-hour",
+        "preempted-by-the-queue",
+        "just-admitted",
+        "re-admitted",
+        "re-admitted-old-pod-stopping",
+        "admitted-never-started",
+    ],
 )
 def test_a_queued_trial_waits_and_its_start_timeout_counts_from_admission(
     job_: outcomes.JobSummary,
@@ -212,7 +226,10 @@ def test_a_queued_trial_waits_and_its_start_timeout_counts_from_admission(
     action: outcomes.Action,
     waiting: outcomes.Waiting | None,
 ) -> None:
-    decision = outcomes.decide(outcomes.TrialView(3, (), None, job_, pod_), RULES, NOW)
+    # The trial last beat before its latest admission (it ran, then the queue preempted it): no sign of a lost pod.
+    since_admission = (NOW - job_.resumed_at).total_seconds() if job_.resumed_at else 0
+    beat = since_admission + 60 if since_admission < 600 else None
+    decision = outcomes.decide(outcomes.TrialView(3, (), beat, job_, pod_), RULES, NOW)
     assert decision.action is action, decision.reason
     assert decision.waiting is waiting
     assert decision.record is None or decision.record is outcomes.Outcome.NEVER_STARTED, "no preemption recorded"

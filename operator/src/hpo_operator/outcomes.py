@@ -387,13 +387,16 @@ def _next_attempt(view: TrialView, job: JobSummary | None) -> int:
 
 
 def _current_pod(job: JobSummary, pod: PodSummary | None) -> PodSummary | None:
-    """The attempt's pod, unless it was stopped by a queue's suspension of the Job (which is no ending)."""
-    if (
-        pod is not None
-        and job.resumed_at is not None
-        and pod.terminal
-        and (pod.finished_at or pod.created) <= job.resumed_at
-    ):
+    """The attempt's pod, unless it was stopped by a queue's suspension of the Job (which is no ending).
+
+    A pod made before the Job's latest resumption belongs to an earlier admission: the suspension
+    deleted it, and it may still be stopping after the queue has admitted the Job again (Kubernetes
+    stamps whole seconds, so a pod of this admission may share the resumption's second: only an
+    earlier one is judged stale).
+    """
+    if pod is None or job.resumed_at is None or not (pod.terminal or pod.deleting):
+        return pod
+    if pod.created < job.resumed_at or (pod.terminal and (pod.finished_at or pod.created) <= job.resumed_at):
         return None
     return pod
 
@@ -410,12 +413,12 @@ def _verdict(view: TrialView, job: JobSummary, pod: PodSummary | None, rules: Ru
         return verdict
     if job.failed:
         return Verdict(Outcome.PREEMPTED, "the trial pod was removed")
-    age = (now - job.created).total_seconds()
+    since = max(job.created, job.resumed_at or job.created)  # created, or last admitted by its queue
+    age = (now - since).total_seconds()
     beat = view.heartbeat_age
-    if beat is not None and beat < age and beat > rules.lost_after:  # this attempt's pod ran, then vanished
+    if beat is not None and beat < age and beat > rules.lost_after:  # a pod of this admission ran, then vanished
         return Verdict(Outcome.LOST, f"its pod is gone and silent for {beat:.0f}s")
-    since = max(job.created, job.resumed_at or job.created)
-    if (now - since).total_seconds() > rules.start_timeout:
+    if age > rules.start_timeout:
         why = job.message or "see the Job's events"
         return Verdict(Outcome.NEVER_STARTED, f"the Job made no pod within {rules.start_timeout:.0f}s: {why}")
     return Verdict(Outcome.ACTIVE, "the Job has not made a pod yet")
