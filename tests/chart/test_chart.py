@@ -426,6 +426,8 @@ ALLOWED_IN_SERVED = [
     ("create", "events"),
     ("list", "kopfpeerings.kopf.dev"),
     ("watch", "kopfpeerings.kopf.dev"),
+    ("get", "localqueues.kueue.x-k8s.io"),
+    ("list", "workloads.kueue.x-k8s.io"),
 ]
 DENIED_IN_SERVED = [
     ("delete", "hpostudies.hpo.dev"),
@@ -442,6 +444,8 @@ DENIED_IN_SERVED = [
     ("patch", "kopfpeerings.kopf.dev/other"),
     ("create", "roles.rbac.authorization.k8s.io"),
     ("create", "pods/exec"),
+    ("create", "localqueues.kueue.x-k8s.io"),
+    ("update", "workloads.kueue.x-k8s.io"),
 ]
 
 
