@@ -144,14 +144,8 @@ def down() -> None:
     if not RENDERED.exists():
         print("kueue is not installed (no .testbed/kueue.yaml)", flush=True)
         return
-    for manifest in (QUEUES, RENDERED):  # the queues first, while Kueue still removes their finalizers
-        _kubectl(
-            "delete",
-            "--ignore-not-found",
-            f"--timeout={READY_TIMEOUT}s",
-            f"--namespace={LOCAL_QUEUE_NAMESPACE}",
-            "-f",
-            str(manifest),
-        )
+    # The queues first, while Kueue still runs to remove their finalizers; the LocalQueue lives in `default`.
+    for manifest, scope in ((QUEUES, [f"--namespace={LOCAL_QUEUE_NAMESPACE}"]), (RENDERED, [])):
+        _kubectl("delete", "--ignore-not-found", f"--timeout={READY_TIMEOUT}s", *scope, "-f", str(manifest))
     RENDERED.unlink()
     print("kueue removed", flush=True)
