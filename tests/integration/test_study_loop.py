@@ -302,6 +302,7 @@ def test_a_huge_parallelism_is_capped_and_dispatch_waits_for_pods_to_start(harne
         "complete": 0,
         "pruned": 0,
         "failed": 0,
+        "preemptions": 0,
     }
     h.cluster.start_pods()
     h.run()
