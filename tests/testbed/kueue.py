@@ -119,6 +119,8 @@ def up() -> None:
     with registry.running(build.build_all(["registry"])["registry"]):
         reference = images.ensure_one(kueue)
     print(f"kueue {layout.KUEUE_VERSION}: installing from {reference}", flush=True)
+    if not RENDERED.exists():
+        _finish_removal()  # an interrupted kueue-down: its CRDs must be gone before they are made again
     RENDERED.write_text(render(reference))
     _kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RENDERED))
     _kubectl("--namespace", NAMESPACE, "rollout", "status", f"deployment/{DEPLOYMENT}", f"--timeout={READY_TIMEOUT}s")
@@ -137,6 +139,39 @@ def up() -> None:
     )
 
 
+def _kueue_kinds() -> list[str]:
+    """The Kueue CRDs still in the cluster (being deleted or not), as `<plural>.kueue.x-k8s.io`."""
+    names = _kubectl("get", "customresourcedefinitions", "-o", "name").split()
+    return [n.removeprefix("customresourcedefinition.apiextensions.k8s.io/") for n in names if "kueue.x-k8s.io" in n]
+
+
+def _finish_removal() -> None:
+    """Wait until Kueue's CRDs are gone, releasing what their finalizers hold once Kueue no longer runs.
+
+    Kueue puts finalizers on its Workloads and queues; deleted together with its controller, they
+    would hold their CRDs in deletion for ever (and a CRD still being deleted is not created again).
+    """
+    deadline = time.monotonic() + READY_TIMEOUT
+    while kinds := _kueue_kinds():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"kueue-down: {', '.join(kinds)} still there after {READY_TIMEOUT}s")
+        for kind in kinds:
+            for line in _kubectl(
+                "get",
+                kind,
+                "-A",
+                "-o",
+                "custom-columns=NS:.metadata.namespace,NAME:.metadata.name",
+                "--no-headers",
+                check=False,
+            ).splitlines():
+                namespace, name = line.split()
+                scope = [] if namespace == "<none>" else [f"--namespace={namespace}"]
+                patch = '{"metadata":{"finalizers":null}}'
+                _kubectl("patch", kind, name, *scope, "--type=merge", "-p", patch, check=False)
+        time.sleep(1)
+
+
 def down() -> None:
     """Remove Kueue and every object of its kinds; Jobs it suspended stay suspended, as upstream's uninstall leaves
     them."""
@@ -144,8 +179,10 @@ def down() -> None:
     if not RENDERED.exists():
         print("kueue is not installed (no .testbed/kueue.yaml)", flush=True)
         return
-    # The queues first, while Kueue still runs to remove their finalizers; the LocalQueue lives in `default`.
+    # The LocalQueue lives in `default`; the rest names its own namespaces or none.
     for manifest, scope in ((QUEUES, [f"--namespace={LOCAL_QUEUE_NAMESPACE}"]), (RENDERED, [])):
-        _kubectl("delete", "--ignore-not-found", f"--timeout={READY_TIMEOUT}s", *scope, "-f", str(manifest))
+        _kubectl("delete", "--ignore-not-found", "--wait=false", *scope, "-f", str(manifest))
+    _finish_removal()
+    _kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", f"--timeout={READY_TIMEOUT}s")
     RENDERED.unlink()
     print("kueue removed", flush=True)
