@@ -1,17 +1,18 @@
 """Item 6: a study on a 2-GPU Kueue queue shared with a competing, more important workload.
 
-An HpoStudy of N trials (1 GPU each, the objective sleeps 5 s, parallelism 4) goes through a
+An HpoStudy of N trials (1 GPU each, the objective sleeps 10 s, parallelism 4) goes through a
 LocalQueue on the ClusterQueue `testbed-gpus` (`make kueue-up`, installed here if missing and
-removed after if it was). Once its first trial has finished, a competing submitter puts N/4 Jobs of
-1 GPU each at a higher priority in the same ClusterQueue, so Kueue both holds trials back and
-preempts running ones. Figures: how busy the queue kept its 2 GPUs (the GPU pods' running time
-over 2 × the wall time from the first pod running to the last pod ending, all pods together),
-trials lost (N minus the COMPLETE ones: 0 is the goal), the preemptions the study counted, and the
-most trial pods that ran at once (<= 2).
+removed after if it was). A competing submitter puts N/8 Jobs that each want both GPUs at a higher
+priority in the same ClusterQueue, one each time another N/(N/8 + 1) trials have finished and
+both GPUs are mid-trial, so Kueue preempts running trials for each of them. Figures: how busy the queue kept its 2 GPUs (the
+pods' GPU-seconds from running to ending over 2 × the wall time from the first pod running to the
+last pod ending), trials lost (N minus the COMPLETE ones: 0 is the goal), the preemptions the study
+counted, and the most trial pods that ran at once (<= 2).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kubernetes import client
@@ -24,22 +25,22 @@ from tests.testbed import kueue
 
 GPUS = 2
 PARALLELISM = 4
-SLEEP_S = 5.0
+SLEEP_S = 10.0
 STUDY = "queued"
 COMPETITOR_PRIORITY = "bench-competitor"
 KUEUE = ("kueue.x-k8s.io", "v1beta2")
 
 
-def _gpu(container: dict[str, Any]) -> None:
+def _gpu(container: dict[str, Any], gpus: int = 1) -> None:
     container["resources"] = {
-        "limits": {"nvidia.com/gpu": 1, "memory": "512Mi"},
+        "limits": {"nvidia.com/gpu": str(gpus), "memory": "512Mi"},
         "requests": {"cpu": "100m", "memory": "256Mi"},
     }
 
 
 def _competitor(index: int, queue: str, image: str) -> dict[str, Any]:
     container = {"name": "work", "image": image, "command": ["python3", "-c", f"import time; time.sleep({SLEEP_S})"]}
-    _gpu(container)
+    _gpu(container, GPUS)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -57,9 +58,18 @@ def _competitor(index: int, queue: str, image: str) -> dict[str, Any]:
     }
 
 
+def _busy_mid_trial(timeline: harness.Timeline) -> bool:
+    """Both GPUs hold trial pods that have run a few seconds and have as many to go: preempting now costs."""
+    now = time.time()
+    running = [
+        p for p in timeline.pods.values() if "hpo.dev/trial" in p.labels and p.running is not None and p.ended is None
+    ]
+    return len(running) == GPUS and all(3 < now - (p.running or now) < SLEEP_S - 3 for p in running)
+
+
 def run(quick: bool) -> list[Figure]:
     trials = 12 if quick else 24
-    competitors = trials // 4
+    competitors = trials // 8
     kube = harness.api()
     installed_before = kueue.RENDERED.exists()
     kueue.up()
@@ -87,18 +97,20 @@ def run(quick: bool) -> list[Figure]:
             batch = client.BatchV1Api(kube)
             progress(
                 f"item 6: {trials} trials of {SLEEP_S:g} s on a {GPUS}-GPU queue, parallelism {PARALLELISM}, "
-                f"{competitors} higher-priority competing Jobs"
+                f"{competitors} higher-priority Jobs of {GPUS} GPUs competing"
             )
             with harness.Timeline(kube, namespace) as timeline:
                 studies.create(STUDY, spec)
-                studies.wait(
-                    STUDY,
-                    lambda s: (s.get("status") or {}).get("trials", {}).get("complete", 0) >= 1,
-                    300,
-                    "finish its first trial",
-                )
                 image = harness.testbed_env()["HPO_TRIAL_IMAGE"]
                 for index in range(competitors):
+                    finished = (index + 1) * trials // (competitors + 1)
+                    studies.wait(
+                        STUDY,
+                        lambda s, n=finished: (s.get("status") or {}).get("trials", {}).get("complete", 0) >= n,
+                        trials * SLEEP_S * 4 + 300,
+                        f"finish {finished} trials",
+                    )
+                    wait_for(lambda: _busy_mid_trial(timeline), 120, "both GPUs to be mid-trial")
                     batch.create_namespaced_job(namespace, _competitor(index, queue, image))
                 done = studies.wait_phase(STUDY, "Succeeded", trials * SLEEP_S * 4 + 300)
                 wait_for(
@@ -114,7 +126,7 @@ def run(quick: bool) -> list[Figure]:
             pods = [p for p in timeline.pods.values() if p.running is not None and p.ended is not None]
             first = min(p.running for p in pods if p.running is not None)
             last = max(p.ended for p in pods if p.ended is not None)
-            busy = sum((p.ended or 0) - (p.running or 0) for p in pods)
+            busy = sum(((p.ended or 0) - (p.running or 0)) * (1 if "hpo.dev/trial" in p.labels else GPUS) for p in pods)
             trial_pods = [p for p in pods if "hpo.dev/trial" in p.labels]
             most = max(
                 sum(1 for q in trial_pods if (q.running or 0) <= (p.running or 0) < (q.ended or 0)) for p in trial_pods
