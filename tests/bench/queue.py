@@ -4,9 +4,9 @@ An HpoStudy of N trials (1 GPU each, the objective sleeps 10 s, parallelism 4) g
 LocalQueue on the ClusterQueue `testbed-gpus` (`make kueue-up`, installed here if missing and
 removed after if it was). A competing submitter puts N/8 Jobs that each want both GPUs at a higher
 priority in the same ClusterQueue, one each time another N/(N/8 + 1) trials have finished and
-both GPUs are mid-trial, so Kueue preempts running trials for each of them. Figures: how busy the queue kept its 2 GPUs (the
-pods' GPU-seconds from running to ending over 2 × the wall time from the first pod running to the
-last pod ending), trials lost (N minus the COMPLETE ones: 0 is the goal), the preemptions the study
+both GPUs are mid-trial, so Kueue preempts running trials for each of them. Figures: how busy the
+queue kept its 2 GPUs (the pods' GPU-seconds from running to ending over 2 × the wall time from
+the first pod running to the last pod ending), trials lost (N minus the COMPLETE ones: 0 is the goal), the preemptions the study
 counted, and the most trial pods that ran at once (<= 2).
 """
 
