@@ -6,8 +6,8 @@ removed after if it was). A competing submitter puts N/8 Jobs that each want bot
 priority in the same ClusterQueue, one each time another N/(N/8 + 1) trials have finished and
 both GPUs are mid-trial, so Kueue preempts running trials for each of them. Figures: how busy the
 queue kept its 2 GPUs (the pods' GPU-seconds from running to ending over 2 × the wall time from
-the first pod running to the last pod ending), trials lost (N minus the COMPLETE ones: 0 is the goal), the preemptions the study
-counted, and the most trial pods that ran at once (<= 2).
+the first pod running to the last pod ending), trials lost (N minus the COMPLETE ones: 0 is the
+goal), the preemptions the study counted, and the most trial pods that ran at once (<= 2).
 """
 
 from __future__ import annotations
