@@ -112,13 +112,14 @@ def test_every_subcommand_agrees_with_optuna_on_a_finished_study(
     first_failed = failed[0]["number"]
     assert f"trial {first_failed} fails on purpose" in hpo("logs", "seen", str(first_failed), "-n", ns).stdout
 
-    # kubectl get: the best value rounded (full value in status), -o wide with sampler, parallelism, failed
+    # kubectl get: the best value rounded (full value in status), -o wide with sampler, parallelism, failed,
+    # preemptions and the queue (none: the column is blank)
     got = kubectl("get", "hpostudies", "seen", "-n", ns).stdout.splitlines()
     assert got[1].split()[5] == f"{study.best_value:.4g}"
     assert done["status"]["bestTrial"]["value"] == study.best_value
     wide_get = kubectl("get", "hpostudies", "seen", "-n", ns, "-o", "wide").stdout.splitlines()
-    assert wide_get[0].split()[-3:] == ["SAMPLER", "PARALLELISM", "FAILED"]
-    assert wide_get[1].split()[-3:] == ["tpe", "2", str(len(failed))]
+    assert wide_get[0].split()[-5:] == ["SAMPLER", "PARALLELISM", "FAILED", "PREEMPTED", "QUEUE"]
+    assert wide_get[1].split()[-4:] == ["tpe", "2", str(len(failed)), "0"]
 
     # errors a person understands
     missing = hpo("trials", "nosuch", "-n", ns, check=False)

@@ -49,7 +49,8 @@ def counts(study: optuna.Study) -> dict[str, int]:
         "failed": states.count(optuna.trial.TrialState.FAIL),
         "running": states.count(optuna.trial.TrialState.RUNNING),
         "waiting": 0,
-    }  # status.trials.waiting: RUNNING trials whose pod has not started (none at the end)
+        "preemptions": 0,
+    }  # waiting: RUNNING trials whose pod has not started (none at the end); preemptions: none here
 
 
 def test_a_study_completes_within_parallelism_and_its_status_matches_optuna(
