@@ -573,7 +573,9 @@ class StudyLoop:
         messages = {}
         for number, (trial, job) in sorted(queued.items()):
             workload = workloads.get(job.uid)
-            if store.record_queue_evictions(trial, job.attempt, queueing.evictions(workload)):
+            evictions = queueing.evictions(workload)
+            known = trial.queue_evictions.get(str(job.attempt), 0)
+            if evictions > known and store.record_queue_evictions(trial, job.attempt, evictions):
                 step = f" (step {trial.checkpoint_step})" if trial.checkpoint_step is not None else ""
                 self.event(
                     "TrialPreempted",
