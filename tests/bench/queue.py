@@ -17,6 +17,7 @@ from typing import Any
 
 from kubernetes import client
 
+from hpo_operator import queueing
 from tests.bench import harness
 from tests.bench.report import Figure, progress
 from tests.helpers import wait_for
@@ -28,7 +29,7 @@ PARALLELISM = 4
 SLEEP_S = 10.0
 STUDY = "queued"
 COMPETITOR_PRIORITY = "bench-competitor"
-KUEUE = ("kueue.x-k8s.io", "v1beta2")
+KUEUE = (queueing.KUEUE_GROUP, queueing.KUEUE_VERSION)
 
 
 def _gpu(container: dict[str, Any], gpus: int = 1) -> None:

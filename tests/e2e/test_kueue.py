@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from hpo_operator import queueing
 from tests.e2e.test_lifecycle import condition, trials_of
 from tests.helpers import wait_for
 from tests.pod_logs import PodLogs
@@ -25,7 +26,7 @@ from tests.testbed import kueue
 
 pytestmark = pytest.mark.e2e
 
-KUEUE = ("kueue.x-k8s.io", "v1beta2")
+KUEUE = (queueing.KUEUE_GROUP, queueing.KUEUE_VERSION)
 CLUSTER_QUEUE = "testbed-gpus"
 HIGH_PRIORITY = "hpo-test-high"
 

@@ -36,15 +36,18 @@ RENDERED = layout.TESTBED / "kueue.yaml"
 READY_TIMEOUT = 300
 
 
-def _kubectl(*arguments: str, input_text: str | None = None, check: bool = True) -> str:
+class KubectlFailed(RuntimeError):
+    """kubectl exited non-zero; the message ends with what it wrote on stderr."""
+
+
+def _kubectl(*arguments: str, check: bool = True) -> str:
     result = subprocess.run(
         [str(layout.BIN / "kubectl"), f"--kubeconfig={cluster.KUBECONFIG}", *arguments],
-        input=input_text,
         capture_output=True,
         text=True,
     )
     if check and result.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(arguments[:2])} failed: {result.stderr.strip()[-2000:]}")
+        raise KubectlFailed(f"kubectl {' '.join(arguments[:2])} failed: {result.stderr.strip()[-2000:]}")
     return result.stdout
 
 
@@ -92,24 +95,13 @@ def render(reference: str) -> str:
 
 def _queues_accepted() -> bool:
     """Apply the queues; False while Kueue's webhooks do not answer yet (its certificate is being made)."""
-    result = subprocess.run(
-        [
-            str(layout.BIN / "kubectl"),
-            f"--kubeconfig={cluster.KUBECONFIG}",
-            "apply",
-            "--server-side",
-            f"--namespace={LOCAL_QUEUE_NAMESPACE}",
-            "-f",
-            str(QUEUES),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode == 0:
-        return True
-    if "webhook" in result.stderr or "connection refused" in result.stderr:
-        return False
-    raise RuntimeError(f"kubectl apply -f {QUEUES.name} failed: {result.stderr.strip()[-2000:]}")
+    try:
+        _kubectl("apply", "--server-side", f"--namespace={LOCAL_QUEUE_NAMESPACE}", "-f", str(QUEUES))
+    except KubectlFailed as error:
+        if "webhook" in str(error) or "connection refused" in str(error):
+            return False
+        raise
+    return True
 
 
 def up() -> None:
